@@ -1,0 +1,23 @@
+"""Typed errors. Every error torchpqt raises on purpose derives from :class:`TorchPQTError`."""
+
+__all__ = ["TorchPQTError", "ConfigError", "CaptureError", "ScopeError", "ExportError"]
+
+
+class TorchPQTError(Exception):
+    """Base class of all torchpqt errors."""
+
+
+class ConfigError(TorchPQTError, ValueError):
+    """A configuration key or value is wrong; the message names the key path and the allowed values."""
+
+
+class CaptureError(TorchPQTError):
+    """The model could not be captured into a graph; the message names the module and the fix."""
+
+
+class ScopeError(ConfigError):
+    """An ``ignored`` rule matches nothing in the model; the message lists close matches."""
+
+
+class ExportError(TorchPQTError):
+    """The quantized model cannot be exported as asked; the message names the FakeQuantize and why."""
