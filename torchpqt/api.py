@@ -1,0 +1,258 @@
+"""The public workflow: ``prepare`` → calibrate → ``convert``, ``quantize`` in one shot, ``plan`` to see
+where FakeQuantize goes."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx
+
+from torchpqt.algorithms.min_max import (
+    QuantizationPoint,
+    activation_params,
+    broadcast_shape,
+    rescaled_ops,
+    resolve_points,
+    unify,
+    weight_params,
+)
+from torchpqt.calibration import calibrate, calibration_batches
+from torchpqt.config import DefaultQuantizationConfig, load_config
+from torchpqt.errors import TorchPQTError
+from torchpqt.graph.capture import capture
+from torchpqt.graph.placement import place
+from torchpqt.graph.view import GraphView
+from torchpqt.hardware import load_hardware_config
+from torchpqt.observer import Observer
+from torchpqt.quant.fake_quantize import FakeQuantize
+from torchpqt.statistics.collector import TensorStatistics
+
+logger = logging.getLogger("torchpqt")
+__all__ = ["prepare", "convert", "quantize", "plan", "QuantizationPlan"]
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(message)
+
+
+def _announce_pending(config: DefaultQuantizationConfig) -> None:
+    """Sub-algorithms that later releases add; the config may ask for them: say so, once."""
+    if config.use_fast_bias:
+        _warn_once("fbc", "use_fast_bias: fast bias correction is not implemented yet; running "
+                          "ActivationChannelAlignment-free MinMaxQuantization only")
+    else:
+        _warn_once("bc", "use_fast_bias=false: BiasCorrection is not implemented yet; running "
+                         "MinMaxQuantization only")
+    if config.use_layerwise_tuning:
+        _warn_once("lt", "use_layerwise_tuning: layerwise tuning is not implemented yet; running "
+                         "MinMaxQuantization only")
+
+
+@dataclass
+class QuantizationPlan:
+    """Where each FakeQuantize goes and why other ops got none; ``str()`` prints a table."""
+
+    points: list[QuantizationPoint]
+    skipped: dict[str, str]
+    ignored: dict[str, str]
+    scopes: list[str]
+
+    def __deepcopy__(self, memo):
+        return self  # refers to graph nodes by name only; shared between prepared and converted models
+
+    def __str__(self) -> str:
+        rows = [f"{'FakeQuantize':<48} {'group':<11} {'levels':>10} {'mode':<10} {'granularity':<11} consumers"]
+        for p in self.points:
+            rows.append(f"{p.name:<48} {p.group:<11} {p.spec.levels:>10} {p.spec.mode:<10} "
+                        f"{p.spec.granularity:<11} {','.join(p.site.consumer_types)}"
+                        + ("  (saturation fix)" if p.output_scale != 1.0 else "")
+                        + (f"  (unified #{p.unify_group})" if p.unify_group is not None else ""))
+        for title, table in (("skipped", self.skipped), ("ignored", self.ignored)):
+            for scope, why in table.items():
+                rows.append(f"{title}: {scope}  ({why})")
+        return "\n".join(rows)
+
+
+def _config(config, target_device: str | None) -> DefaultQuantizationConfig:
+    cfg = load_config(config)
+    if target_device is not None and target_device != cfg.target_device:
+        cfg = cfg.replace(target_device=target_device)
+    return cfg
+
+
+def _plan(model: torch.nn.Module, example_inputs, cfg) -> tuple[fx.GraphModule, GraphView, QuantizationPlan]:
+    gm = capture(model, example_inputs)
+    view = GraphView(gm)
+    hw = load_hardware_config(cfg.target_device)
+    placement = place(view, hw, cfg)
+    points = resolve_points(placement, hw, cfg)
+    rescale = rescaled_ops(view, cfg)
+    for p in points:
+        if p.group == "weights" and p.site.edges[0].consumer in rescale:
+            p.output_scale = 2.0
+    scopes = sorted({view.scope_of(n) for n in view.ops if not view.is_const(n)})
+    qplan = QuantizationPlan(points, {view.scope_of(n): r for n, r in placement.skipped.items()},
+                             {view.scope_of(n): r for n, r in placement.ignored.items()}, scopes)
+    return gm, view, qplan
+
+
+def plan(model: torch.nn.Module, example_inputs, config=None, target_device: str | None = None
+         ) -> QuantizationPlan:
+    """Show where ``prepare`` would put FakeQuantize, with POT-style names, and the scope names that
+    ``ignored.scope`` accepts."""
+    return _plan(model, example_inputs, _config(config, target_device))[2]
+
+
+def _order(gm: fx.GraphModule) -> dict[fx.Node, int]:
+    return {n: i for i, n in enumerate(gm.graph.nodes)}
+
+
+def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: str | None = None
+            ) -> fx.GraphModule:
+    """Capture ``model`` and insert an observer at every activation FakeQuantize point.
+
+    Args:
+        model: the FP32 model; never modified (a copy is captured, in eval mode).
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
+        config: ``{"name": "DefaultQuantization", "params": {...}}``, the params dict, or a
+            :class:`DefaultQuantizationConfig`; None means all defaults.
+        target_device: overrides ``config.target_device`` (CPU, ANY, GPU, GNA, GNA3, GNA3.5, CPU_SPR).
+
+    Returns:
+        A GraphModule taking the model's inputs. Run calibration data through it (under no_grad),
+        then call :func:`convert`.
+    """
+    cfg = _config(config, target_device)
+    _announce_pending(cfg)
+    gm, view, qplan = _plan(model, example_inputs, cfg)
+    order = _order(gm)
+    for p in qplan.points:
+        if p.group != "activations":
+            continue
+        specs = [s for s in (p.stat_min, p.stat_max) if s is not None]
+        gm.add_submodule(p.module_name, Observer(p.name, TensorStatistics(specs, channel_axis=1,
+                                                                          inplace=cfg.inplace_statistics)))
+        first = min((e.consumer for e in p.site.edges), key=order.__getitem__)
+        with gm.graph.inserting_before(first):
+            obs = gm.graph.call_module(p.module_name, (p.site.tensor,))
+        for e in p.site.edges:
+            e.rewire(obs)
+    gm.graph.lint()
+    gm.recompile()
+    gm.torchpqt_plan = qplan
+    gm.torchpqt_config = cfg
+    logger.info("prepared %d FakeQuantize points (%d activations)", len(qplan.points),
+                sum(p.group == "activations" for p in qplan.points))
+    return gm
+
+
+def _nodes(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    return {n.name: n for n in gm.graph.nodes}
+
+
+def _install_weight_fq(qm: fx.GraphModule, view: GraphView, p: QuantizationPoint, fq: FakeQuantize) -> None:
+    nodes = _nodes(qm)
+    edge = p.site.edges[0]
+    consumer, tensor = nodes[edge.consumer.name], nodes[p.site.tensor.name]
+    qm.add_submodule(p.module_name, fq)
+    with qm.graph.inserting_before(consumer):
+        src = tensor
+        if p.output_scale != 1.0:
+            # POT: the saturation fix stores W/2 and doubles the FQ output range (spec §4.6).
+            name = f"{p.module_name}_scaled_weight"
+            scaled = view.const_value(p.site.tensor) / p.output_scale
+            qm.register_parameter(name, torch.nn.Parameter(scaled.contiguous(), requires_grad=False))
+            src = qm.graph.get_attr(name)
+        node = qm.graph.call_module(p.module_name, (src,))
+    type(edge)(tensor, consumer, edge.arg, edge.sub, edge.port).rewire(node)
+
+
+def convert(prepared: fx.GraphModule) -> fx.GraphModule:
+    """Replace observers by :class:`torchpqt.FakeQuantize` modules and quantize the weights.
+
+    Returns:
+        A new GraphModule (``prepared`` is left as it is) computing the fake-quantized model, with
+        attributes ``torchpqt_config`` (the POT params dict) and ``torchpqt_plan``.
+    """
+    qplan: QuantizationPlan | None = getattr(prepared, "torchpqt_plan", None)
+    if qplan is None:
+        raise TorchPQTError("convert() needs a model returned by torchpqt.prepare()")
+    for p in qplan.points:
+        if p.group == "activations" and prepared.get_submodule(p.module_name).stats.num_batches == 0:
+            raise TorchPQTError(f"no calibration data reached {p.name!r}: run calibration batches through the "
+                                "prepared model (under torch.no_grad()) before convert()")
+    qm = copy.deepcopy(prepared)
+    view = GraphView(qm)
+    params = {}
+    for p in qplan.points:
+        if p.group == "activations":
+            params[p.name] = activation_params(p, prepared.get_submodule(p.module_name).stats)
+        else:
+            params[p.name] = weight_params(view, p)
+    unify(qplan.points, params)
+    for p in qplan.points:
+        fq_params = params[p.name]
+        if p.group == "activations":
+            obs = prepared.get_submodule(p.module_name)
+            shape = broadcast_shape(p, fq_params, obs.ndim or 2)
+            qm.add_submodule(p.module_name, FakeQuantize.from_params(fq_params, shape))
+        else:
+            w = view.const_value(p.site.tensor)
+            fq = FakeQuantize.from_params(fq_params, broadcast_shape(p, fq_params, w.dim()))
+            _install_weight_fq(qm, view, p, fq)
+    qm.graph.lint()
+    qm.recompile()
+    qm.torchpqt_config = {"name": "DefaultQuantization", "params": qplan_config(prepared).to_dict(full=True)}
+    return qm
+
+
+def qplan_config(prepared) -> DefaultQuantizationConfig:
+    return prepared.torchpqt_config
+
+
+def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *, example_inputs=None,
+             target_device: str | None = None, transform_fn: Callable[[Any], Any] | None = None,
+             progress: bool | None = None) -> fx.GraphModule:
+    """Quantize ``model`` in one call: capture, calibrate on ``calibration_data``, convert.
+
+    Args:
+        model: the FP32 model; never modified.
+        calibration_data: any iterable (a DataLoader, a Dataset, a list). Each item is a tensor (with a
+            batch dimension), a tuple of positional inputs, a dict of keyword inputs, or anything
+            ``transform_fn`` maps to those. ``stat_subset_size`` counts samples, not items.
+        config: see :func:`prepare`.
+        example_inputs: inputs for capture; default: the first calibration batch.
+        target_device: overrides ``config.target_device``.
+        transform_fn: maps an item to model inputs, e.g. ``lambda item: item[0]`` for ``(x, label)``.
+        progress: show a progress bar (default: only when stderr is a terminal).
+
+    Returns:
+        The fake-quantized model (see :func:`convert`).
+    """
+    cfg = _config(config, target_device)
+    batches = calibration_batches(calibration_data, cfg, transform_fn)
+    first = next(batches, None)
+    if first is None:
+        raise TorchPQTError("calibration_data yielded no sample; pass a non-empty iterable")
+    if example_inputs is None:
+        args, kwargs = first
+        example_inputs = kwargs if kwargs and not args else args
+    prepared = prepare(model, example_inputs, cfg)
+    total = cfg.stat_subset_size if cfg.stat_subset_size is not None else (
+        len(calibration_data) if hasattr(calibration_data, "__len__") else None)
+
+    def all_batches():
+        yield first
+        yield from batches
+
+    calibrate(prepared, all_batches(), total=total, progress=progress)
+    return convert(prepared)

@@ -1,0 +1,201 @@
+"""``torchpqt``: POT's ``pot -c config.json`` for PyTorch models.
+
+    torchpqt -c config.json [--output-dir DIR] [-d] [--log-level LEVEL] [--progress-bar]
+             [--keep-uncompressed-weights] [--data SOURCE]
+    torchpqt -q default --model SPEC --data SOURCE [--preset performance|mixed] [--name NAME]
+             [--weights FILE] [--input-shape 1 3 224 224]
+
+Exit codes: 0 done; 2 bad invocation (one line on stderr: ``torchpqt: error: ...``); 1 unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+import torchpqt
+from torchpqt.cli_config import CliConfig, parse_config
+from torchpqt.cli_data import open_data_source
+from torchpqt.cli_jsonc import CliError, read_jsonc
+from torchpqt.cli_model import forward_arg_names, load_model
+from torchpqt.cli_output import (attach_log_file, fake_quantize_ranges, make_layout, save_torch_model,
+                                 setup_logging, teardown_logging, write_report)
+from torchpqt.errors import TorchPQTError
+
+__all__ = ["main", "build_parser", "QUICK_TEMPLATE"]
+
+logger = logging.getLogger("torchpqt")
+
+# Quick mode (-q default) uses this, the content of examples/configs/default_quantization_template.json
+# (a test keeps the two equal); POT's -q read configs/templates/default_quantization_template.json.
+QUICK_TEMPLATE: dict[str, Any] = {
+    "target_device": "ANY",
+    "algorithms": [{"name": "DefaultQuantization", "params": {"preset": "performance", "stat_subset_size": 300}}],
+}
+QUICK_ONLY = ("model", "weights", "name", "preset", "input_shape")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse would print the usage block and exit; we want the one-line error of every other failure
+        raise CliError(f"{message}; see `torchpqt --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, POT's flags where they apply (``app/argparser.py``)."""
+    p = _Parser(prog="torchpqt", description="Post-training 8-bit quantization of a PyTorch model "
+                "(OpenVINO POT DefaultQuantization), written as an OpenVINO IR.", allow_abbrev=False)
+    p.add_argument("-c", "--config", help="POT-style JSON config (comments allowed)")
+    p.add_argument("-q", "--quantize", choices=["default"], help="quick mode with the default template")
+    p.add_argument("-m", "--model", help="quick mode: package.module:factory, file.py:factory or a .pt2 file")
+    p.add_argument("-w", "--weights", help="quick mode: a state_dict file for the model")
+    p.add_argument("-n", "--name", help="quick mode: model name (output file names)")
+    p.add_argument("--preset", choices=["performance", "mixed"], help="quick mode: quantization preset")
+    p.add_argument("--input-shape", type=int, nargs="+", metavar="DIM", help="quick mode: e.g. 1 3 224 224")
+    p.add_argument("--data", "--data-source", dest="data", help="calibration data when the config has none")
+    p.add_argument("--output-dir", default="./results", help="default: ./results")
+    p.add_argument("-d", "--direct-dump", action="store_true", help="save straight into --output-dir")
+    p.add_argument("--log-level", default="INFO", choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"])
+    p.add_argument("--progress-bar", action="store_true", help="show a progress bar even when stderr is no TTY")
+    p.add_argument("--keep-uncompressed-weights", action="store_true", help="keep float weights in the IR")
+    return p
+
+
+def _check_mode(args: argparse.Namespace) -> None:
+    if (args.config is None) == (args.quantize is None):
+        raise CliError("give either -c/--config FILE or -q default --model SPEC --data SOURCE")
+    quick = [f"--{k.replace('_', '-')}" for k in QUICK_ONLY if getattr(args, k) is not None]
+    if args.config is not None and quick:
+        raise CliError(f"{quick[0]} is a quick-mode option; with -c put it into the config file instead")
+    if args.quantize is not None and (args.model is None or args.data is None):
+        raise CliError("-q default needs --model SPEC and --data SOURCE")
+
+
+def _quick_config(args: argparse.Namespace) -> dict[str, Any]:
+    model: dict[str, Any] = {"model": args.model}
+    for key, value in (("model_name", args.name), ("weights", args.weights),
+                       ("example_input_shape", args.input_shape)):
+        if value is not None:
+            model[key] = value
+    compression = {**QUICK_TEMPLATE, "algorithms": [dict(QUICK_TEMPLATE["algorithms"][0])]}
+    params = dict(compression["algorithms"][0]["params"])
+    if args.preset is not None:
+        params["preset"] = args.preset
+    compression["algorithms"][0]["params"] = params
+    return {"model": model, "engine": {"type": "simplified", "data_source": args.data}, "compression": compression}
+
+
+def load_cli_config(args: argparse.Namespace) -> CliConfig:
+    """The checked config: the -c file (paths relative to it) or the quick-mode one (paths relative to cwd)."""
+    if args.config is not None:
+        path = Path(args.config)
+        return parse_config(read_jsonc(path), path.resolve().parent, args.data)
+    return parse_config(_quick_config(args), Path.cwd(), args.data)
+
+
+def _example_inputs(data: Any, names: list[str]) -> tuple[Any, ...]:
+    try:
+        first = data[0] if isinstance(data, Sequence) else next(iter(data))
+    except (StopIteration, IndexError):
+        raise CliError("'engine.data_source' yields no samples; give at least one") from None
+    if isinstance(first, torch.Tensor):
+        return (first,)
+    if isinstance(first, (tuple, list)):
+        return tuple(first)
+    if isinstance(first, dict) and set(first) <= set(names):
+        return tuple(first[n] for n in names if n in first)
+    raise CliError(f"'engine.data_source': a sample is a {type(first).__name__}; yield tensors, tuples of "
+                   f"tensors, or dicts keyed by the forward() arguments {names}")
+
+
+def _export(qmodel: torch.nn.Module, example: tuple[Any, ...], xml: Path, cfg: CliConfig, keep: bool) -> Any:
+    try:
+        from torchpqt.exporters import openvino as ov_export
+
+        return ov_export.export(qmodel, example, str(xml), target_device=cfg.target_device,
+                                compress_weights=not keep, check=True)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("openvino", "onnx", "onnxscript"):
+            raise CliError(f"exporting the IR needs '{exc.name}'; run `pip install torchpqt[openvino]`") from exc
+        raise
+
+
+def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
+    """Everything after argument parsing: config, model, data, quantize, export, report."""
+    from torchpqt.config import DefaultQuantizationConfig
+
+    started = time.perf_counter()
+    cfg = load_cli_config(args)
+    qconfig = DefaultQuantizationConfig.from_pot_cli(cfg.compression, cfg.params)
+    model, inputs = load_model(cfg.model)
+    names = [s.name for s in inputs if s.name] or forward_arg_names(model)
+    data = open_data_source(cfg.engine, inputs, names)
+    example = _example_inputs(data, names)
+    layout = make_layout(Path(args.output_dir), cfg.model.name, args.direct_dump)
+    layout.ir_dir.mkdir(parents=True, exist_ok=True)
+    attach_log_file(buffer, layout.log_dir / "log.txt")
+    logger.info("Output folder: %s", layout.log_dir)
+
+    t0 = time.perf_counter()
+    qmodel = torchpqt.quantize(model, data, qconfig, example_inputs=example, target_device=cfg.target_device,
+                               progress=args.progress_bar or sys.stderr.isatty())
+    t1 = time.perf_counter()
+    dump = save_torch_model(qmodel, example, layout.ir_dir, cfg.model.name) \
+        if cfg.compression.get("dump_intermediate_model") else None
+    t2 = time.perf_counter()
+    check = _export(qmodel, example, layout.xml, cfg, args.keep_uncompressed_weights)
+    t3 = time.perf_counter()
+    logger.info("Export check: %s", check)
+    write_report(layout.ir_dir / "report.json", ir=layout.xml.name, torch_model=dump and dump.name,
+                 config=cfg.raw, quantization_config=qconfig, fake_quantize=fake_quantize_ranges(qmodel),
+                 timings_s={"calibration": t1 - t0, "export": t3 - t2, "total": t3 - started},
+                 export_check=check)
+    logger.info("Saved %s (calibration %.1f s, export %.1f s)", layout.xml, t1 - t0, t3 - t2)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script passes it to sys.exit).
+
+    Args:
+        argv: the arguments without the program name; ``sys.argv[1:]`` when None.
+    """
+    debug = False
+    try:
+        args = build_parser().parse_args(argv)
+        debug = args.log_level == "DEBUG"
+        _check_mode(args)
+        buffer = setup_logging(args.log_level)
+        run(args, buffer)
+        return 0
+    except TorchPQTError as exc:  # includes CliError: a bad invocation the user can fix
+        if debug:
+            traceback.print_exc()
+        print(f"torchpqt: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("torchpqt: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (rerun with --log-level DEBUG for the traceback)"
+        print(f"torchpqt: error: unexpected {type(exc).__name__}: {_one_line(exc)}{hint}", file=sys.stderr)
+        return 1
+    finally:
+        teardown_logging()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

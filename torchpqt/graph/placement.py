@@ -1,0 +1,263 @@
+"""Where FakeQuantize goes (spec §7): POT's InsertFakeQuantize, FakeQuantizePropagation and
+FakeQuantizeOptimization passes, on a captured torch graph seen in OpenVINO terms."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from torch import fx
+
+from torchpqt.graph.ignored import match_ignored
+from torchpqt.graph.ops import (
+    AGNOSTIC_TYPES,
+    IDENTITY,
+    INPUT_ONLY_TYPES,
+    MULTI_BRANCH_TYPES,
+    WEIGHTED_TYPES,
+)
+from torchpqt.graph.patterns import skipped_ops
+from torchpqt.graph.view import CONST, RESULT, Edge, GraphView
+from torchpqt.hardware import HardwareConfig
+
+__all__ = ["Placement", "FQSite", "place"]
+
+
+@dataclass
+class FQSite:
+    """One FakeQuantize before configs are chosen: the tensor it quantizes and the edges it feeds."""
+
+    group: str  # "weights" or "activations"
+    tensor: fx.Node
+    edges: list[Edge]
+    name: str = ""
+    consumer_types: list[str] = field(default_factory=list)
+    act_matmul: bool = False  # feeds an activation x activation MatMul (transformer rule, §8)
+    weight_axis: int = 0
+
+
+@dataclass
+class Placement:
+    """The outcome of placement: FQ sites, unification groups, and why other ops got no FQ."""
+
+    sites: list[FQSite]
+    unify_groups: list[list[int]]
+    skipped: dict[fx.Node, str]
+    ignored: dict[fx.Node, str]
+
+
+def _quantizable(view: GraphView, hw: HardwareConfig, node: fx.Node) -> bool:
+    kind = view.type_of(node)
+    rule = hw.ops.get(kind)
+    return rule is not None and rule.quantizable and kind not in AGNOSTIC_TYPES
+
+
+def _agnostic(view: GraphView, node: fx.Node) -> bool:
+    return view.type_of(node) in AGNOSTIC_TYPES
+
+
+def _requested_edges(view: GraphView, hw: HardwareConfig, node: fx.Node) -> list[Edge]:
+    """POT InsertFakeQuantize: which input ports of a quantizable op get an FQ."""
+    info = view.ops[node]
+    edges = view.inputs(node)
+    if info.type in WEIGHTED_TYPES:
+        wanted = set(info.act_args) | ({info.weight_arg} if info.weight_arg is not None else set())
+        edges = [e for e in edges if e.arg in wanted]
+    elif info.type in INPUT_ONLY_TYPES or info.type in ("AvgPool", "ReduceMean"):
+        edges = edges[:1]
+    rule = hw.ops[info.type]
+    keep = []
+    for e in edges:
+        if not view.is_float(e.producer):
+            continue  # POT: FQs on int32/int64/bool tensors are removed
+        group = "weights" if view.is_const(e.producer) else "activations"
+        if getattr(rule, group):
+            keep.append(e)
+    return keep
+
+
+def _initial_sites(view, hw, blocked) -> tuple[list[Edge], list[Edge]]:
+    acts, weights = [], []
+    for node in view.ops:
+        if node in blocked or view.is_const(node) or not _quantizable(view, hw, node):
+            continue
+        for e in _requested_edges(view, hw, node):
+            (weights if view.is_const(e.producer) else acts).append(e)
+    return acts, weights
+
+
+def _skip_ascent(view: GraphView, fq_edges: set, blocked) -> dict[fx.Node, bool]:
+    """POT _create_skip_ascent_map: an FQ may not jump over an agnostic op whose output reaches, through
+    agnostic ops, a consumer that has no FQ on its input (it would see quantized values)."""
+    memo: dict[fx.Node, bool] = {}
+
+    def reaches_unquantized(node: fx.Node, seen: set) -> bool:
+        for e in view.outputs(node):
+            if e in fq_edges:
+                continue
+            c = e.consumer
+            if c.op == "output" or view.type_of(c) == RESULT:
+                continue
+            if c.op == "call_module":
+                return True
+            if _agnostic(view, c) and c not in blocked:
+                if c in seen:
+                    continue
+                seen.add(c)
+                if reaches_unquantized(c, seen):
+                    return True
+                continue
+            return True
+        return False
+
+    def skip(node: fx.Node) -> bool:
+        if node not in memo:
+            memo[node] = node in blocked or reaches_unquantized(node, {node})
+        return memo[node]
+
+    return skip
+
+
+def _jump_targets(view: GraphView, node: fx.Node) -> list[Edge] | None:
+    """Edges an FQ under agnostic ``node`` moves to (POT jump_to_first_input / jump_to_all_inputs /
+    jump_to_all_branch_except_const), or None where it must stay."""
+    edges = [e for e in view.inputs(node)]
+    if view.type_of(node) in MULTI_BRANCH_TYPES:
+        targets = [e for e in edges if not view.is_const(e.producer)]
+    else:
+        targets = edges[:1]
+    if not targets or any(view.is_const(e.producer) or not view.is_float(e.producer) for e in targets):
+        return None  # e.g. Gather from an embedding table: the FQ stays below the agnostic op
+    return targets
+
+
+def _propagate(view: GraphView, acts: list[Edge], blocked) -> list[Edge]:
+    """POT FakeQuantizePropagation: move activation FQs up through quantize-agnostic ops."""
+    fq_edges = set(acts)
+    skip = _skip_ascent(view, set(acts), blocked)
+    queue = deque(sorted(acts, key=lambda e: (e.consumer.name, e.port)))
+    while queue:
+        e = queue.popleft()
+        if e not in fq_edges:
+            continue
+        producer = e.producer
+        if producer.op != "call_function" or not _agnostic(view, producer) or skip(producer):
+            continue
+        targets = _jump_targets(view, producer)
+        if targets is None:
+            continue
+        fq_edges.discard(e)
+        for t in reversed(targets):
+            if t not in fq_edges:
+                fq_edges.add(t)
+                queue.appendleft(t)
+    return sorted(fq_edges, key=lambda e: (e.consumer.name, e.port))
+
+
+def _valuable_consumers(view, hw, edges, blocked) -> tuple[list[str], bool]:
+    """POT _fake_quantize_to_types: quantizable ops reached from the FQ through agnostic ops."""
+    types, act_matmul, seen = [], False, set()
+    stack = list(edges)
+    while stack:
+        e = stack.pop(0)
+        c = e.consumer
+        if c in seen or c.op != "call_function":
+            continue
+        if _agnostic(view, c):
+            seen.add(c)
+            stack.extend(view.outputs(c))
+            continue
+        if c in blocked or not _quantizable(view, hw, c):
+            continue
+        seen.add(c)
+        kind = view.type_of(c)
+        types.append(kind)
+        info = view.ops[c]
+        if kind == "MatMul" and info.weight_arg is None:
+            act_matmul = True
+    return types, act_matmul
+
+
+def _unify_groups(view: GraphView, sites: list[FQSite]) -> list[list[int]]:
+    """POT find_fqs_to_unify: FQs on the inputs of a Concat that feeds a conv / matmul are unified."""
+    by_edge = {e: i for i, s in enumerate(sites) if s.group == "activations" for e in s.edges}
+    parent = list(range(len(sites)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    grouped = set()
+    for node in view.ops:
+        if view.type_of(node) != "Concat":
+            continue
+        inputs = view.inputs(node)
+        if not inputs or any(e not in by_edge for e in inputs):
+            continue
+        feeds = _downstream_types(view, node)
+        if not feeds & {"Convolution", "ConvolutionBackpropData", "MatMul"} or "DepthWiseConvolution" in feeds:
+            continue
+        members = [by_edge[e] for e in inputs]
+        for m in members[1:]:
+            parent[find(m)] = find(members[0])
+        grouped.update(members)
+    groups: dict[int, list[int]] = {}
+    for i in sorted(grouped):
+        groups.setdefault(find(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _downstream_types(view: GraphView, node: fx.Node) -> set[str]:
+    out, stack, seen = set(), [node], set()
+    while stack:
+        n = stack.pop()
+        for user in n.users:
+            if user in seen or user.op != "call_function":
+                continue
+            seen.add(user)
+            kind = view.type_of(user)
+            if kind in AGNOSTIC_TYPES or kind == IDENTITY:
+                stack.append(user)
+            else:
+                out.add(kind)
+    return out
+
+
+def _name(view: GraphView, edge: Edge, group: str) -> str:
+    kind = "weights" if group == "weights" else "input"
+    return f"{view.scope_of(edge.consumer)}/fq_{kind}_{edge.port}"
+
+
+def place(view: GraphView, hw: HardwareConfig, config) -> Placement:
+    """Decide every FakeQuantize of the model (spec §7, §8 point 1, §9).
+
+    Args:
+        view: the captured graph.
+        hw: the target device's rules.
+        config: a DefaultQuantizationConfig.
+    """
+    skipped = skipped_ops(view)
+    ignored = match_ignored(view, config, hw)
+    if config.ignored.skip_model:
+        return Placement([], [], skipped, ignored)
+    blocked = set(skipped) | set(ignored)
+    acts, weights = _initial_sites(view, hw, blocked)
+    acts = _propagate(view, acts, blocked)
+    by_tensor: dict[fx.Node, list[Edge]] = {}
+    for e in acts:
+        by_tensor.setdefault(e.producer, []).append(e)
+    sites: list[FQSite] = []
+    for tensor, edges in by_tensor.items():
+        types, act_mm = _valuable_consumers(view, hw, edges, blocked)
+        if not types:
+            continue
+        sites.append(FQSite("activations", tensor, edges, _name(view, edges[0], "activations"), types, act_mm))
+    for e in weights:
+        info = view.ops[e.consumer]
+        axis = info.weight_axis if e.arg == info.weight_arg else 0
+        sites.append(FQSite("weights", e.producer, [e], _name(view, e, "weights"), [info.type],
+                            weight_axis=axis))
+    sites.sort(key=lambda s: s.name)
+    return Placement(sites, _unify_groups(view, sites), skipped, ignored)

@@ -1,0 +1,141 @@
+"""A read-only view of a captured graph in OpenVINO terms: op types, input edges, constants, scope names."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from torchpqt.graph.ops import IDENTITY, OpInfo, classify, packet_name
+
+PARAMETER, CONST, RESULT = "Parameter", "Const", "Result"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One input of a consumer: ``consumer.args[arg]`` (or ``consumer.args[arg][sub]`` for lists)."""
+
+    producer: fx.Node
+    consumer: fx.Node
+    arg: int
+    sub: int | None
+    port: int
+
+    def rewire(self, new: fx.Node) -> None:
+        """Make the consumer read ``new`` instead of the producer on this edge only."""
+        args = list(self.consumer.args)
+        if self.sub is None:
+            args[self.arg] = new
+        else:
+            seq = list(args[self.arg])
+            seq[self.sub] = new
+            args[self.arg] = type(self.consumer.args[self.arg])(seq)
+        self.consumer.args = tuple(args)
+
+
+class GraphView:
+    """OpenVINO-flavoured facts about every node of ``gm.graph``."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.nodes = [n for n in gm.graph.nodes if n.op != "call_module"]
+        self._const: dict[fx.Node, bool] = {}
+        self.ops: dict[fx.Node, OpInfo] = {}
+        for n in self.nodes:
+            if n.op == "call_function":
+                self.ops[n] = classify(n, self.is_const)
+        self._name_scopes()
+
+    # --- node kinds -------------------------------------------------------------------------
+    def type_of(self, node: fx.Node) -> str:
+        if node.op == "placeholder":
+            return PARAMETER
+        if node.op == "output":
+            return RESULT
+        if self.is_const(node):
+            return CONST
+        info = self.ops.get(node)
+        return info.type if info else IDENTITY
+
+    def is_const(self, node) -> bool:
+        """True for parameters/buffers and anything computed from them alone (a constant subgraph)."""
+        if not isinstance(node, fx.Node):
+            return False
+        if node not in self._const:
+            if node.op == "get_attr":
+                self._const[node] = True
+            elif node.op == "call_function":
+                inputs = node.all_input_nodes
+                self._const[node] = bool(inputs) and all(self.is_const(i) for i in inputs) \
+                    and packet_name(node) not in ("rand", "randn", "bernoulli", "dropout")
+            else:
+                self._const[node] = False
+        return self._const[node]
+
+    def is_float(self, node: fx.Node) -> bool:
+        """Only floating-point tensors are ever quantized (ints and bools, e.g. masks and ids, never)."""
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            return val.dtype.is_floating_point
+        if node.op == "get_attr":
+            return self.const_value(node).dtype.is_floating_point
+        if isinstance(val, (list, tuple)) or node.op == "placeholder":
+            return False
+        return True  # nodes we created ourselves compute on float tensors
+
+    def rank(self, node: fx.Node) -> int | None:
+        val = node.meta.get("val")
+        return val.dim() if isinstance(val, torch.Tensor) else None
+
+    def const_value(self, node: fx.Node) -> torch.Tensor:
+        """Evaluate a constant node (a parameter, or an op on parameters such as ``weight.t()``)."""
+        if node.op == "get_attr":
+            obj = self.gm
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            return obj.detach()
+        args = fx.node.map_arg(node.args, self.const_value)
+        kwargs = fx.node.map_arg(node.kwargs, self.const_value)
+        with torch.no_grad():
+            return node.target(*args, **kwargs)
+
+    # --- edges --------------------------------------------------------------------------------
+    def inputs(self, node: fx.Node) -> list[Edge]:
+        """Tensor inputs of ``node`` in OpenVINO port order."""
+        edges, port = [], 0
+        for i, a in enumerate(node.args):
+            if isinstance(a, fx.Node):
+                edges.append(Edge(a, node, i, None, port))
+                port += 1
+            elif isinstance(a, (list, tuple)) and any(isinstance(x, fx.Node) for x in a):
+                for j, x in enumerate(a):
+                    if isinstance(x, fx.Node):
+                        edges.append(Edge(x, node, i, j, port))
+                        port += 1
+        return edges
+
+    def outputs(self, node: fx.Node) -> list[Edge]:
+        """Edges that read ``node``."""
+        return [e for user in node.users for e in self.inputs(user) if e.producer is node]
+
+    # --- names --------------------------------------------------------------------------------
+    def _name_scopes(self) -> None:
+        per_module = Counter(info.module_path for info in self.ops.values()
+                             if info.type not in (IDENTITY,) and not self.is_const(info.node))
+        for info in self.ops.values():
+            path = info.module_path
+            if path and per_module[path] == 1 and self._is_leaf_op(info):
+                info.scope = path
+            else:
+                info.scope = f"{path}/{info.node.name}" if path else info.node.name
+
+    def _is_leaf_op(self, info: OpInfo) -> bool:
+        return info.type not in (IDENTITY,) and not self.is_const(info.node)
+
+    def scope_of(self, node: fx.Node) -> str:
+        info = self.ops.get(node)
+        if info is not None:
+            return info.scope
+        return node.name

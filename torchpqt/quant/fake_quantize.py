@@ -1,0 +1,240 @@
+"""The FakeQuantize module: OpenVINO opset1 ``FakeQuantize`` as one torch custom op.
+
+Semantics (spec §4.1): ``x <= min(il, ih) -> ol``; ``x > max(il, ih) -> oh``; otherwise
+``round((x - il) / (ih - il) * (L - 1)) / (L - 1) * (oh - ol) + ol`` with round half to even.
+
+The forward reproduces, float32 operation for float32 operation, how OpenVINO's CPU plugin
+runs a FakeQuantize on x86 (OpenVINO 2024-2026): the snippets ``FakeQuantizeDecomposition``
+constant-folds ``isc = (L-1) / (ih-il)``, ``ish = il * isc``, ``osc = (oh-ol) / (L-1)`` in f32,
+then computes ``q = round(min(max(x, il), ih) * isc - ish)`` with two roundings, and
+``y = fma(q, osc, ol)``. Measured against the plugin (tests/quant/test_fake_quantize.py): the
+quantization level ``q`` is identical on every element, including exact ties; the output is
+identical except where the plugin's low-precision pass first rewrites ``ol``/``oh``
+(levels 16/255/256 with asymmetric ranges), where it differs by at most one float32 ulp.
+The plugin's non-snippets path (a FakeQuantize fused into a convolution, or
+``SNIPPETS_MODE=DISABLE``) uses ``fma(x, isc, -il*(L-1)/(ih-il))`` instead, which picks the
+neighbouring level on a few elements that sit exactly on a rounding tie.
+
+The op is ``torch.ops.torchpqt.fake_quantize``: ``torch.export`` and the ONNX exporter see one
+opaque node (never decomposed, never constant-folded, even on a constant weight), and its
+autograd formula is a straight-through estimator with gradients for the four range tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from torchpqt.errors import ConfigError
+
+__all__ = ["FakeQuantize", "fake_quantize"]
+
+RangeLike = Any  # float, sequence, numpy array or tensor
+
+
+def _level_math(
+    x: Tensor, il: Tensor, ih: Tensor, levels: int
+) -> tuple[Tensor, Tensor]:
+    """Returns (q, inside): the float32 integer level in [0, L-1] and the mask il < x <= ih."""
+    n = torch.tensor(float(levels - 1), dtype=torch.float32, device=x.device)
+    isc = n / (ih - il)
+    ish = il * isc
+    # Maximum then Minimum, as the plugin's decomposition; torch.where keeps x86 max/min
+    # semantics for NaN (a NaN input becomes il, i.e. level 0, like the plugin).
+    clamped = torch.where(x > il, x, il)
+    clamped = torch.where(clamped < ih, clamped, ih)
+    q = torch.round(clamped * isc - ish)  # two f32 roundings, then half to even
+    inside = (x > torch.minimum(il, ih)) & (x <= torch.maximum(il, ih))
+    return q, inside
+
+
+def _dequantize(q: Tensor, ol: Tensor, oh: Tensor, levels: int) -> Tensor:
+    """``fma(q, osc, ol)`` rounded once to float32.
+
+    ``q * osc`` is exact in float64 (|q| < 2**17, osc has 24 bits), so one float64 add and one
+    rounding to float32 give the hardware FMA result unless |ol / osc| > 2**29.
+    """
+    n = torch.tensor(float(levels - 1), dtype=torch.float32, device=q.device)
+    osc = (oh - ol) / n
+    return (q.double() * osc.double() + ol.double()).float()
+
+
+def _forward_f32(x: Tensor, il: Tensor, ih: Tensor, ol: Tensor, oh: Tensor, levels: int) -> Tensor:
+    q, _ = _level_math(x.float(), il.float(), ih.float(), levels)
+    return _dequantize(q, ol.float(), oh.float(), levels)
+
+
+@torch.library.custom_op("torchpqt::fake_quantize", mutates_args=())
+def _fake_quantize_op(
+    x: Tensor, input_low: Tensor, input_high: Tensor, output_low: Tensor, output_high: Tensor, levels: int
+) -> Tensor:
+    return _forward_f32(x, input_low, input_high, output_low, output_high, levels).to(x.dtype)
+
+
+@_fake_quantize_op.register_fake
+def _fake_quantize_meta(x, input_low, input_high, output_low, output_high, levels):
+    shape = torch.broadcast_shapes(x.shape, input_low.shape, input_high.shape, output_low.shape,
+                                   output_high.shape)
+    return x.new_empty(shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, il, ih, ol, oh, levels = inputs
+    ctx.save_for_backward(x, il, ih, ol, oh)
+    ctx.levels = levels
+
+
+def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
+    """Reduces a broadcast gradient back to the shape and dtype of the tensor it belongs to."""
+    return grad.sum_to_size(like.shape).to(like.dtype)
+
+
+def _backward(ctx, grad: Tensor):
+    """Straight-through estimator: round() has derivative 1 inside [il, ih], 0 outside.
+
+    With ``y = q/(L-1)*(oh-ol) + ol`` and ``q ~ (x-il)/(ih-il)*(L-1)`` inside the range:
+    dy/dx = (oh-ol)/(ih-il), dy/dil = -(oh-ol)(ih-x)/(ih-il)^2, dy/dih = -(oh-ol)(x-il)/(ih-il)^2,
+    and everywhere dy/dol = 1 - q/(L-1), dy/doh = q/(L-1) (q = 0 below, L-1 above the range).
+    When ol/oh are the same tensors as il/ih the sums give the LSQ-style rounding-error term.
+    """
+    x, il, ih, ol, oh = ctx.saved_tensors
+    levels = ctx.levels
+    g = grad.float()
+    xf, ilf, ihf, olf, ohf = (t.float() for t in (x, il, ih, ol, oh))
+    q, inside = _level_math(xf, ilf, ihf, levels)
+    frac = q / float(levels - 1)
+    width = ihf - ilf
+    g_in = torch.where(inside, g, torch.zeros_like(g))
+    slope = (ohf - olf) / width
+    grads = [None] * 6
+    if ctx.needs_input_grad[0]:
+        grads[0] = _sum_to(g_in * slope, x)
+    if ctx.needs_input_grad[1]:
+        grads[1] = _sum_to(-g_in * slope * (ihf - xf) / width, il)
+    if ctx.needs_input_grad[2]:
+        grads[2] = _sum_to(-g_in * slope * (xf - ilf) / width, ih)
+    if ctx.needs_input_grad[3]:
+        grads[3] = _sum_to(g * (1.0 - frac), ol)
+    if ctx.needs_input_grad[4]:
+        grads[4] = _sum_to(g * frac, oh)
+    return tuple(grads)
+
+
+_fake_quantize_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fake_quantize(
+    x: Tensor, input_low: Tensor, input_high: Tensor, output_low: Tensor, output_high: Tensor, levels: int
+) -> Tensor:
+    """Applies OpenVINO's FakeQuantize (opset1) to ``x``; the functional form of :class:`FakeQuantize`.
+
+    Args:
+        x: input tensor (computed in float32, returned in ``x.dtype``).
+        input_low, input_high, output_low, output_high: range tensors broadcastable to ``x``.
+        levels: number of quantization levels (>= 2).
+
+    Returns:
+        The fake-quantized tensor, bit-exact with OpenVINO's CPU plugin (see the module doc).
+    """
+    return _fake_quantize_op(x, input_low, input_high, output_low, output_high, int(levels))
+
+
+def _as_range(value: RangeLike, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().to(torch.float32).clone()
+    try:
+        return torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=torch.float32).clone()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"torchpqt.FakeQuantize: {name} must be a number, array or tensor; "
+                          f"got {type(value).__name__}") from exc
+
+
+def _short(t: Tensor) -> str:
+    """A range as a person wants to read it: the value, or min..max and the shape when per-channel."""
+    if t.numel() == 1:
+        return f"{t.item():.6g}"
+    return f"[{t.min().item():.6g}..{t.max().item():.6g}]{tuple(t.shape)}"
+
+
+class FakeQuantize(nn.Module):
+    """OpenVINO ``FakeQuantize`` (opset1) as a module; ranges are float32 buffers.
+
+    Args:
+        levels: number of quantization levels, e.g. 256 (activations) or 255 (weights).
+        input_low, input_high: input range, broadcastable to the input: a 0-d tensor for
+            per-tensor, ``[C,1,1,1]`` for convolution weights, ``[1,C,1,1]`` for per-channel
+            activations.
+        output_low, output_high: output range; default to a copy of the input range.
+
+    Raises:
+        ConfigError: ``levels`` is not an integer >= 2 or the ranges do not broadcast together.
+    """
+
+    def __init__(self, levels: int, input_low: RangeLike, input_high: RangeLike,
+                 output_low: RangeLike | None = None, output_high: RangeLike | None = None) -> None:
+        super().__init__()
+        if isinstance(levels, bool) or not float(levels).is_integer() or int(levels) < 2:
+            raise ConfigError(f"torchpqt.FakeQuantize: levels must be an integer >= 2, got {levels!r}")
+        self.levels = int(levels)
+        ranges = {"input_low": _as_range(input_low, "input_low"),
+                  "input_high": _as_range(input_high, "input_high")}
+        ranges["output_low"] = (ranges["input_low"].clone() if output_low is None
+                                else _as_range(output_low, "output_low"))
+        ranges["output_high"] = (ranges["input_high"].clone() if output_high is None
+                                 else _as_range(output_high, "output_high"))
+        try:
+            torch.broadcast_shapes(*(t.shape for t in ranges.values()))
+        except RuntimeError as exc:
+            shapes = {k: tuple(v.shape) for k, v in ranges.items()}
+            raise ConfigError(f"torchpqt.FakeQuantize: range shapes {shapes} do not broadcast together; "
+                              "give every range the same shape, e.g. [C,1,1,1]") from exc
+        for name, tensor in ranges.items():
+            self.register_buffer(name, tensor)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fake_quantize(x, self.input_low, self.input_high, self.output_low, self.output_high,
+                             self.levels)
+
+    def extra_repr(self) -> str:
+        text = f"levels={self.levels}, input_low={_short(self.input_low)}, input_high={_short(self.input_high)}"
+        same = (self.output_low.shape == self.input_low.shape and self.output_high.shape == self.input_high.shape
+                and torch.equal(self.output_low, self.input_low)
+                and torch.equal(self.output_high, self.input_high))
+        if not same:
+            text += f", output_low={_short(self.output_low)}, output_high={_short(self.output_high)}"
+        return text
+
+    @classmethod
+    def from_params(cls, p: Any, shape: Sequence[int] | None = None) -> "FakeQuantize":
+        """Builds a FakeQuantize from computed parameters (e.g. ``torchpqt.quant.params`` output).
+
+        Args:
+            p: object with attributes ``levels``, ``input_low``, ``input_high``, ``output_low``,
+                ``output_high`` (numpy float64 arrays of shape ``()`` or ``(C,)``; the output
+                ones may be None to mean "same as input").
+            shape: broadcast shape for per-channel arrays, e.g. ``(C,1,1,1)`` for conv weights
+                or ``(1,C,1,1)`` for activations. Shape-``()`` arrays stay 0-d.
+
+        Returns:
+            A new FakeQuantize with float32 ranges (float64 rounded to nearest, as POT's IR).
+
+        Raises:
+            ConfigError: a per-channel array does not fit ``shape``.
+        """
+        def reshape(value: Any, name: str) -> Tensor | None:
+            if value is None:
+                return None
+            t = _as_range(value, name)
+            if t.dim() == 0 or shape is None:
+                return t
+            if t.numel() not in (1, math.prod(shape)):
+                raise ConfigError(f"torchpqt.FakeQuantize.from_params: {name} has {t.numel()} values but the "
+                                  f"broadcast shape {tuple(shape)} holds {math.prod(shape)}; pass the shape "
+                                  "with the channel count on the channel axis")
+            return t.reshape(tuple(shape)) if t.numel() == math.prod(shape) else t.reshape(())
+        names = ("input_low", "input_high", "output_low", "output_high")
+        return cls(int(p.levels), *(reshape(getattr(p, n, None), n) for n in names))

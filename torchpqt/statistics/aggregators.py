@@ -1,0 +1,219 @@
+"""Cross-sample aggregators: reduce the per-batch statistics of the calibration subset to one
+value or one value per channel (spec §5.3, POT ``statistics/functions/aggregation.py``).
+
+Each aggregator takes the per-batch statistics (``[B]`` per tensor, ``[B, C]`` per channel, or
+``[1]`` for in-graph per-batch statistics) through :meth:`Aggregator.update` and gives the
+result as a float64 NumPy array from :meth:`Aggregator.result`.
+
+* ``mean``, ``max``, ``min`` and ``batch_mean`` run online in O(1) memory and keep their state on
+  the statistic's device, so calibration never waits on a device-to-host copy.
+* ``median``, ``mean_no_outliers``, ``median_no_outliers`` and ``hl_estimator`` keep the reduced
+  per-sample values (a few numbers per sample, never activations) and concatenate them at the
+  end, so any subset size works (POT crashes when ``stat_subset_size % stat_batch_size != 0``).
+* ``hl_estimator`` is exact, O(N^2) in the number of samples like POT, evaluated in channel
+  chunks; fine up to a few thousand samples.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, TorchPQTError
+
+__all__ = ["AGGREGATORS", "Aggregator", "make_aggregator"]
+
+# POT: no_outliers_estimator(alpha=0.01)
+_OUTLIER_ALPHA = 0.01
+# Elements of the pairwise-sum matrix evaluated at once by hl_estimator (32 MiB of float64).
+_HL_CHUNK_ELEMENTS = 1 << 22
+
+
+class Aggregator(Protocol):
+    """Online reduction of per-batch statistics."""
+
+    def update(self, batch_stat: torch.Tensor | np.ndarray) -> None: ...
+
+    def result(self) -> np.ndarray: ...
+
+
+def _as_tensor(batch_stat: torch.Tensor | np.ndarray) -> torch.Tensor:
+    t = torch.as_tensor(batch_stat).detach()
+    if t.device.type == "mps":  # no float64 there
+        t = t.cpu()
+    return torch.atleast_1d(t.to(torch.float64))
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+class _Online:
+    """Common part of the O(1)-memory aggregators."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        self._state: torch.Tensor | None = None
+        self._count = 0
+
+    def _empty(self) -> TorchPQTError:
+        return TorchPQTError(
+            f"aggregator {self.name!r} got no statistics: no calibration batch reached this tensor; "
+            "check that the calibration data runs through it"
+        )
+
+
+class _Mean(_Online):
+    """POT: aggregation.py::mean, the unweighted mean of per-batch means."""
+
+    name = "mean"
+
+    def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
+        # POT quirk kept on purpose: a short last batch weighs as much as a full one.
+        m = _as_tensor(batch_stat).mean(dim=0)
+        self._state = m if self._state is None else self._state + m
+        self._count += 1
+
+    def result(self) -> np.ndarray:
+        if self._state is None:
+            raise self._empty()
+        return _to_numpy(self._state / self._count)
+
+
+class _Extreme(_Online):
+    """POT: aggregation.py::amax / amin, the extreme over all batches and samples."""
+
+    def __init__(self, largest: bool) -> None:
+        super().__init__()
+        self._largest = largest
+        self.name = "max" if largest else "min"
+
+    def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
+        t = _as_tensor(batch_stat)
+        m = t.amax(dim=0) if self._largest else t.amin(dim=0)
+        if self._state is None:
+            self._state = m
+        else:
+            self._state = torch.maximum(self._state, m) if self._largest else torch.minimum(self._state, m)
+        self._count += 1
+
+    def result(self) -> np.ndarray:
+        if self._state is None:
+            raise self._empty()
+        return _to_numpy(self._state)
+
+
+class _BatchMean(_Online):
+    """POT: aggregation.py::batch_mean, element-wise mean over batches, keeping the batch axis."""
+
+    name = "batch_mean"
+
+    def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
+        t = _as_tensor(batch_stat)
+        if self._state is not None and self._state.shape != t.shape:
+            raise ConfigError(
+                f"aggregator 'batch_mean' needs equal batch shapes, got {tuple(self._state.shape)} then "
+                f"{tuple(t.shape)}; make stat_subset_size a multiple of stat_batch_size"
+            )
+        self._state = t.clone() if self._state is None else self._state + t
+        self._count += 1
+
+    def result(self) -> np.ndarray:
+        if self._state is None:
+            raise self._empty()
+        return _to_numpy(self._state / self._count)[None]
+
+
+class _Samples(_Online):
+    """Aggregators that need every per-sample value: they keep the reduced values only."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self._parts: list[torch.Tensor] = []
+
+    def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
+        self._parts.append(_as_tensor(batch_stat))
+
+    def result(self) -> np.ndarray:
+        if not self._parts:
+            raise self._empty()
+        x = _to_numpy(torch.cat([p.to(self._parts[0].device) for p in self._parts], dim=0))
+        return _SAMPLE_FUNCTIONS[self.name](x)
+
+
+def _median(x: np.ndarray) -> np.ndarray:
+    # POT: np.median(X, axis=(0, 1)) over [batches, batch, (C)]; same as over all samples.
+    return np.asarray(np.median(x, axis=0), dtype=np.float64)
+
+
+def _no_outliers(x: np.ndarray, base) -> np.ndarray:
+    """POT: no_outliers_estimator: drop samples outside [Q(1%), Q(99%)] per channel, then `base`."""
+    x = x.reshape(x.shape[0], -1)  # per tensor [N] -> [N, 1]: POT returns shape [1] there
+    low = np.quantile(x, _OUTLIER_ALPHA, axis=0)
+    high = np.quantile(x, 1 - _OUTLIER_ALPHA, axis=0)
+    out = np.empty(x.shape[1], dtype=np.float64)
+    for c in range(x.shape[1]):
+        col = x[:, c]
+        out[c] = base(col[(col >= low[c]) & (col <= high[c])])
+    return out
+
+
+def _hl_estimator(x: np.ndarray) -> np.ndarray:
+    """POT: hodges_lehmann_mean: 0.5 * median of x_i + x_j over strict pairs i > j, per channel.
+
+    Per tensor the result is a scalar, per channel ``[C]`` (POT's shapes). With a single sample
+    POT returns NaN (median of no pairs); we return that sample instead.
+    """
+    per_tensor = x.ndim == 1
+    x = x.reshape(x.shape[0], -1)
+    n, channels = x.shape
+    if n == 1:
+        out = x[0].copy()
+    else:
+        i, j = np.tril_indices(n, -1)
+        out = np.empty(channels, dtype=np.float64)
+        step = max(1, _HL_CHUNK_ELEMENTS // len(i))
+        for c0 in range(0, channels, step):
+            block = x[:, c0 : c0 + step]
+            out[c0 : c0 + step] = 0.5 * np.median(block[i] + block[j], axis=0)
+    return out.reshape(()) if per_tensor else out
+
+
+_SAMPLE_FUNCTIONS = {
+    "median": _median,
+    "mean_no_outliers": lambda x: _no_outliers(x, np.mean),
+    "median_no_outliers": lambda x: _no_outliers(x, np.median),
+    "hl_estimator": _hl_estimator,
+}
+
+AGGREGATORS = ("mean", "max", "min", *_SAMPLE_FUNCTIONS, "batch_mean")
+
+
+def make_aggregator(name: str) -> Aggregator:
+    """Create a fresh aggregator.
+
+    Args:
+        name: one of ``mean``, ``max``, ``min``, ``median``, ``mean_no_outliers``,
+            ``median_no_outliers``, ``hl_estimator``, ``batch_mean``.
+
+    Returns:
+        An object with ``update(batch_stat)`` and ``result() -> np.ndarray`` (float64).
+
+    Raises:
+        ConfigError: the name is not a known aggregator.
+    """
+    if name == "mean":
+        return _Mean()
+    if name in ("max", "min"):
+        return _Extreme(largest=name == "max")
+    if name == "batch_mean":
+        return _BatchMean()
+    if name in _SAMPLE_FUNCTIONS:
+        return _Samples(name)
+    raise ConfigError(
+        f"range_estimator.<min|max>.aggregator = {name!r} is not supported; allowed values: {', '.join(AGGREGATORS)}"
+    )

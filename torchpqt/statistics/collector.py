@@ -1,0 +1,87 @@
+"""Statistics of one watched tensor over the calibration subset: the calibration hot path.
+
+:class:`TensorStatistics` runs each distinct per-sample reducer once per batch and feeds every
+requested statistic's aggregator. Everything stays on the tensor's device until
+:meth:`TensorStatistics.result`, so a forward hook never forces a device-to-host sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, TorchPQTError
+from .aggregators import Aggregator, make_aggregator
+from .estimators import StatSpec
+from .reducers import minmax, reduce
+
+__all__ = ["TensorStatistics"]
+
+_MINMAX_TYPES = ("min", "max", "abs_max")
+
+
+class TensorStatistics:
+    """Collects the statistics of one activation tensor.
+
+    Args:
+        specs: the statistics wanted (each needs an ``aggregator``); duplicates are fine.
+        channel_axis: channel axis of the per-channel statistics.
+        inplace: POT's ``inplace_statistics``: per-tensor min/max/abs_max/mean become one value
+            per inference batch (spec §6). Quantiles are unaffected.
+
+    Raises:
+        ConfigError: a spec without an aggregator (weights specs belong to ``weight_stat``).
+    """
+
+    def __init__(self, specs: Sequence[StatSpec], *, channel_axis: int = 1, inplace: bool = False) -> None:
+        self.channel_axis = channel_axis
+        self.inplace = inplace
+        self.num_batches = 0
+        self._aggregators: dict[tuple, Aggregator] = {}
+        self._by_reducer: dict[tuple, list[tuple]] = {}
+        for spec in specs:
+            if spec.aggregator is None:
+                raise ConfigError(
+                    f"activation statistic {spec.key!r} has no aggregator; "
+                    "set range_estimator.<min|max>.aggregator (weights use weight_stat instead)"
+                )
+            agg_key = (spec.reducer_key, spec.aggregator)
+            if agg_key not in self._aggregators:
+                self._aggregators[agg_key] = make_aggregator(spec.aggregator)
+                self._by_reducer.setdefault(spec.reducer_key, []).append(agg_key)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Reduce one inference batch ``[B, ...]`` and feed the aggregators."""
+        x = x.detach()
+        pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # one aminmax pass per granularity
+        for (stat_type, q, granularity), agg_keys in self._by_reducer.items():
+            if stat_type in _MINMAX_TYPES:
+                if granularity not in pairs:
+                    pairs[granularity] = minmax(
+                        x, granularity, channel_axis=self.channel_axis, per_batch=self.inplace
+                    )
+                mn, mx = pairs[granularity]
+                stat = mn if stat_type == "min" else mx if stat_type == "max" else torch.maximum(-mn, mx)
+            else:
+                stat = reduce(
+                    x, stat_type, granularity, q=q, channel_axis=self.channel_axis, per_batch=self.inplace
+                )
+            for agg_key in agg_keys:
+                self._aggregators[agg_key].update(stat)
+        self.num_batches += 1
+
+    def result(self, spec: StatSpec) -> np.ndarray:
+        """The aggregated statistic (float64; scalar or ``[C]``, POT's shapes)."""
+        agg = self._aggregators.get((spec.reducer_key, spec.aggregator))
+        if agg is None:
+            raise TorchPQTError(
+                f"statistic {spec.key!r} ({spec.aggregator}) was not registered on this tensor"
+            )
+        return agg.result()
+
+    def __repr__(self) -> str:
+        keys = ", ".join(f"{t}/{g}{'' if q is None else f'@{q}'}->{a}" for (t, q, g), a in self._aggregators)
+        return f"TensorStatistics([{keys}], batches={self.num_batches}, inplace={self.inplace})"

@@ -1,0 +1,215 @@
+"""Per-sample reductions of activations and weights (spec §5.2, §6; POT
+``statistics/functions/{activations,weights}.py``).
+
+Activations are reduced on their own device without a host sync. Min and max come from one
+``aminmax`` pass (``abs_max = max(-min, max)`` is exact, so no ``|x|`` copy is made); quantiles
+use NumPy's default linear interpolation between the two neighbouring order statistics, which
+are found with ``topk`` (extreme quantiles touch few elements) or ``kthvalue``, never a sort.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .estimators import GRANULARITIES, QUANTILE_TYPES, STAT_TYPES
+
+__all__ = ["minmax", "reduce", "weight_stat"]
+
+# Above this many order statistics a partial sort (topk) loses to two selections (kthvalue).
+_TOPK_MAX = 1024
+# Elements summed in float32 before the float64 accumulation of a mean.
+_MEAN_BLOCK = 64
+
+
+def _check(stat_type: str, granularity: str, q: float | None) -> None:
+    if stat_type not in STAT_TYPES:
+        raise ConfigError(f"statistic type {stat_type!r} is not supported; allowed: {', '.join(STAT_TYPES)}")
+    if granularity not in GRANULARITIES:
+        raise ConfigError(
+            f"granularity {granularity!r} is not supported; allowed: {', '.join(GRANULARITIES)}"
+        )
+    if stat_type in QUANTILE_TYPES and (q is None or not 0.0 <= q <= 1.0):
+        raise ConfigError(f"statistic {stat_type!r} needs a quantile level q in [0, 1], got {q!r}")
+
+
+def _out_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _reduced_dims(
+    x: torch.Tensor, granularity: str, channel_axis: int, per_batch: bool
+) -> tuple[int, ...] | None:
+    """Axes to reduce, or None where POT returns the tensor itself (per channel, rank < 3)."""
+    if granularity == "perchannel":
+        if x.ndim < 3:
+            return None
+        c = channel_axis % x.ndim
+        return tuple(d for d in range(1, x.ndim) if d != c)
+    if per_batch or x.ndim < 2:
+        # POT: in-graph (inplace) per-tensor reductions run over ALL axes, batch included.
+        return tuple(range(x.ndim))
+    return tuple(range(1, x.ndim))
+
+
+def _rows(x: torch.Tensor, granularity: str, channel_axis: int, per_batch: bool) -> torch.Tensor:
+    """Reshape so that the last axis holds one sample's (or channel's) elements."""
+    if granularity == "perchannel":
+        x = x.movedim(channel_axis % x.ndim, 1)
+        return x.reshape(x.shape[0], x.shape[1], -1)
+    if per_batch or x.ndim < 2:
+        return x.reshape(1, -1)
+    return x.reshape(x.shape[0], -1)
+
+
+@torch.no_grad()
+def minmax(
+    x: torch.Tensor, granularity: str, *, channel_axis: int = 1, per_batch: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample min and max in one pass (same shapes and rules as :func:`reduce`)."""
+    x = x.detach()
+    dtype = _out_dtype(x)
+    dims = _reduced_dims(x, granularity, channel_axis, per_batch)
+    if dims is None:
+        v = x.to(dtype)
+        return v, v
+    if x.is_contiguous() and (granularity == "pertensor" or channel_axis % x.ndim == 1):
+        mn, mx = torch.aminmax(_rows(x, granularity, channel_axis, per_batch), dim=-1)  # a view: no copy
+    else:
+        mn, mx = x.amin(dim=dims), x.amax(dim=dims)  # two passes, still no copy of x
+        if granularity == "pertensor":
+            mn, mx = mn.reshape(-1), mx.reshape(-1)
+    return mn.to(dtype), mx.to(dtype)
+
+
+def _lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    # numpy's _lerp, written the same way so results agree bit for bit.
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
+
+
+def _next_order_stat(rows: torch.Tensor, a: torch.Tensor, hi: int) -> torch.Tensor:
+    """The order statistic ``hi`` given ``a`` = order statistic ``hi - 1``: two cheap passes
+    instead of a second selection."""
+    at_or_below = (rows <= a.unsqueeze(-1)).sum(dim=-1)
+    above = rows.masked_fill(rows <= a.unsqueeze(-1), float("inf")).amin(dim=-1)
+    return torch.where(at_or_below > hi, a, above)
+
+
+def _quantile_last(rows: torch.Tensor, q: float) -> torch.Tensor:
+    """np.quantile(rows, q, axis=-1) with method='linear', computed in float64."""
+    n = rows.shape[-1]
+    idx = (n - 1) * float(q)  # numpy's virtual index for 'linear'
+    lo = min(max(math.floor(idx), 0), n - 1)
+    hi = min(lo + 1, n - 1)
+    gamma = idx - lo
+    if min(hi + 1, n - lo) <= _TOPK_MAX:
+        if hi + 1 <= n - lo:  # low quantile: the hi+1 smallest, ascending
+            vals = torch.topk(rows, hi + 1, dim=-1, largest=False, sorted=True).values
+            a, b = vals[..., lo], vals[..., hi]
+        else:  # high quantile: the n-lo largest, descending
+            vals = torch.topk(rows, n - lo, dim=-1, largest=True, sorted=True).values
+            a, b = vals[..., n - 1 - lo], vals[..., n - 1 - hi]
+    else:
+        a = torch.kthvalue(rows, lo + 1, dim=-1).values
+        b = a if hi == lo else _next_order_stat(rows, a, hi)
+    a64 = a.to(torch.float64) if rows.device.type != "mps" else a.cpu().to(torch.float64)
+    b64 = b.to(a64.device, torch.float64)
+    return _lerp(a64, b64, gamma)
+
+
+def _mean_last(rows: torch.Tensor) -> torch.Tensor:
+    """Mean over the last axis, accumulated in float64 (float32 sums lose ~1e-7 absolute, which
+    is a large relative error for a near-zero channel mean); blocks of _MEAN_BLOCK elements are
+    summed in float32 first, because a float64 pass over the whole tensor is many times slower."""
+    n = rows.shape[-1]
+    full = n // _MEAN_BLOCK * _MEAN_BLOCK if rows.dtype != torch.float64 else 0
+    acc = rows[..., full:].to(torch.float64).sum(dim=-1)
+    if full:
+        blocks = rows[..., :full].reshape(*rows.shape[:-1], -1, _MEAN_BLOCK)
+        acc = acc + blocks.sum(dim=-1, dtype=torch.float32).to(torch.float64).sum(dim=-1)
+    return acc / n
+
+
+@torch.no_grad()
+def reduce(
+    x: torch.Tensor,
+    stat_type: str,
+    granularity: str,
+    *,
+    q: float | None = None,
+    channel_axis: int = 1,
+    per_batch: bool = False,
+) -> torch.Tensor:
+    """Per-sample statistic of one inference batch (spec §5.2).
+
+    Args:
+        x: the activation batch ``[B, ...]`` on any device.
+        stat_type: ``min``, ``max``, ``abs_max``, ``quantile``, ``abs_quantile`` or ``mean``.
+        granularity: ``pertensor`` -> ``[B]`` (``[1]`` for rank < 2); ``perchannel`` ->
+            ``[B, C]`` for rank >= 3, the tensor itself (or ``|x|``) for rank < 3.
+        q: quantile level, required for the quantile types.
+        channel_axis: the channel axis of a per-channel statistic.
+        per_batch: in-graph (``inplace_statistics``) per-tensor statistics: one value per batch,
+            shape ``[1]``. Ignored by the quantile types and by per-channel statistics, as in POT.
+
+    Returns:
+        A tensor on ``x``'s device: float64 for quantiles and means, otherwise ``x``'s float
+        dtype (at least float32).
+    """
+    _check(stat_type, granularity, q)
+    x = x.detach()
+    if stat_type in QUANTILE_TYPES:
+        per_batch = False  # POT: get_tensor_statistics forces inplace off for quantiles
+    if stat_type in ("min", "max", "abs_max"):
+        mn, mx = minmax(x, granularity, channel_axis=channel_axis, per_batch=per_batch)
+        if stat_type == "min":
+            return mn
+        return mx if stat_type == "max" else torch.maximum(-mn, mx)
+    is_abs = stat_type == "abs_quantile"
+    dims = _reduced_dims(x, granularity, channel_axis, per_batch)
+    if dims is None:
+        v = x.abs() if is_abs else x
+        return v.to(torch.float64)
+    rows = _rows(x, granularity, channel_axis, per_batch)
+    if stat_type == "mean":
+        return _mean_last(rows)
+    return _quantile_last(rows.abs() if is_abs else rows, q)
+
+
+def weight_stat(
+    w: torch.Tensor | np.ndarray, stat_type: str, granularity: str, *, axis: int = 0, q: float | None = None
+) -> np.ndarray:
+    """Statistic of a weight tensor (spec §4.5, §5.2; POT ``statistics/functions/weights.py``).
+
+    Args:
+        w: the (folded) weight; cast to float32 first, as POT does.
+        stat_type: ``min``, ``max``, ``abs_max``, ``quantile``, ``abs_quantile`` or ``mean``.
+        granularity: ``pertensor`` (one value) or ``perchannel`` (one value per slice along ``axis``).
+        axis: the output-channel axis: 0, or 1 for ConvTranspose weights ``[Cin, Cout, ...]``.
+        q: quantile level, required for the quantile types.
+
+    Returns:
+        float64 array: shape ``()`` per tensor, ``[C]`` per channel.
+    """
+    _check(stat_type, granularity, q)
+    if isinstance(w, torch.Tensor):
+        w = w.detach().to("cpu", torch.float32).numpy()
+    # POT casts to float32; numpy 1.26 (POT's) then interpolates quantiles in float64.
+    v = np.asarray(w, dtype=np.float32).astype(np.float64)
+    if stat_type in ("abs_max", "abs_quantile"):
+        v = np.abs(v)
+    if granularity == "perchannel" and v.ndim > 0:
+        v = np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
+        red_axis: int | None = 1
+    else:
+        red_axis = None
+    if stat_type in QUANTILE_TYPES:
+        out = np.quantile(v, q, axis=red_axis)
+    else:
+        fn = {"min": np.min, "max": np.max, "abs_max": np.max, "mean": np.mean}[stat_type]
+        out = fn(v, axis=red_axis)
+    return np.asarray(out, dtype=np.float64)
