@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["small_cnn", "two_input_mlp", "SMALL_CNN_INPUT_SHAPE"]
+__all__ = ["SMALL_CNN_INPUT_SHAPE", "small_cnn", "two_input_mlp"]
 
 SMALL_CNN_INPUT_SHAPE = (1, 3, 32, 32)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -190,7 +191,9 @@ def convert(prepared: fx.GraphModule) -> fx.GraphModule:
         if p.group == "activations" and prepared.get_submodule(p.module_name).stats.num_batches == 0:
             raise TorchPQTError(f"no calibration data reached {p.name!r}: run calibration batches through the "
                                 "prepared model (under torch.no_grad()) before convert()")
-    qm = copy.deepcopy(prepared)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
+        qm = copy.deepcopy(prepared)
     view = GraphView(qm)
     params = {}
     for p in qplan.points:
@@ -211,12 +214,10 @@ def convert(prepared: fx.GraphModule) -> fx.GraphModule:
             _install_weight_fq(qm, view, p, fq)
     qm.graph.lint()
     qm.recompile()
-    qm.torchpqt_config = {"name": "DefaultQuantization", "params": qplan_config(prepared).to_dict(full=True)}
+    qm.torchpqt_plan = qplan
+    qm.torchpqt_config = {"name": "DefaultQuantization",
+                          "params": prepared.torchpqt_config.to_dict(full=True)}
     return qm
-
-
-def qplan_config(prepared) -> DefaultQuantizationConfig:
-    return prepared.torchpqt_config
 
 
 def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *, example_inputs=None,

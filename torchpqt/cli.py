@@ -26,11 +26,18 @@ from torchpqt.cli_config import CliConfig, parse_config
 from torchpqt.cli_data import open_data_source
 from torchpqt.cli_jsonc import CliError, read_jsonc
 from torchpqt.cli_model import forward_arg_names, load_model
-from torchpqt.cli_output import (attach_log_file, fake_quantize_ranges, make_layout, save_torch_model,
-                                 setup_logging, teardown_logging, write_report)
+from torchpqt.cli_output import (
+    attach_log_file,
+    fake_quantize_ranges,
+    make_layout,
+    save_torch_model,
+    setup_logging,
+    teardown_logging,
+    write_report,
+)
 from torchpqt.errors import TorchPQTError
 
-__all__ = ["main", "build_parser", "QUICK_TEMPLATE"]
+__all__ = ["QUICK_TEMPLATE", "build_parser", "main"]
 
 logger = logging.getLogger("torchpqt")
 
@@ -145,7 +152,7 @@ def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
     logger.info("Output folder: %s", layout.log_dir)
 
     t0 = time.perf_counter()
-    qmodel = torchpqt.quantize(model, data, qconfig, example_inputs=example, target_device=cfg.target_device,
+    qmodel = torchpqt.quantize(model, data, qconfig, example_inputs=example, target_device=qconfig.target_device,
                                progress=args.progress_bar or sys.stderr.isatty())
     t1 = time.perf_counter()
     dump = save_torch_model(qmodel, example, layout.ir_dir, cfg.model.name) \
@@ -187,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("torchpqt: error: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (the last resort: a one-line message instead of a traceback)
         if debug:
             traceback.print_exc()
         hint = "" if debug else " (rerun with --log-level DEBUG for the traceback)"

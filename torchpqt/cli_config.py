@@ -6,13 +6,14 @@ the DefaultQuantization ``params`` are validated by ``DefaultQuantizationConfig.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from torchpqt.cli_jsonc import CliError
 
-__all__ = ["InputSpec", "ModelSection", "EngineSection", "CliConfig", "parse_config", "DTYPES"]
+__all__ = ["DTYPES", "CliConfig", "EngineSection", "InputSpec", "ModelSection", "parse_config"]
 
 # POT's CLI (configs/config.py) reads these four keys from `compression`, not from `params`.
 COMPRESSION_KEYS = ("target_device", "model_type", "inplace_statistics", "dump_intermediate_model")
@@ -156,6 +157,11 @@ def _model(raw: Mapping[str, Any], base_dir: Path) -> ModelSection:
 
 
 def _engine(raw: Mapping[str, Any], base_dir: Path, data_source: str | None) -> EngineSection:
+    checker = [k for k in ("config", "launchers", "datasets") if isinstance(raw.get("engine"), Mapping)
+               and k in raw["engine"]]
+    if checker:
+        raise CliError(f"'engine.{checker[0]}' configures POT's Accuracy Checker engine, which torchpqt does not "
+                       "have; use \"type\": \"simplified\" with a \"data_source\"")
     engine = _section(raw, "engine", ENGINE_KEYS)
     kind = engine.get("type", "simplified")
     if kind != "simplified":

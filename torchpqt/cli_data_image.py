@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torchpqt.cli_config import EngineSection
 from torchpqt.cli_jsonc import CliError
 
-__all__ = ["IMAGE_SUFFIXES", "load_image", "guess_layout"]
+__all__ = ["IMAGE_SUFFIXES", "guess_layout", "load_image"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from torchpqt.errors import ConfigError
 
-__all__ = ["CliError", "strip_comments", "loads_jsonc", "read_jsonc"]
+__all__ = ["CliError", "loads_jsonc", "read_jsonc", "strip_comments"]
 
 
 class CliError(ConfigError):

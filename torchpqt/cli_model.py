@@ -9,15 +9,16 @@ import importlib.util
 import inspect
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
 from torchpqt.cli_config import InputSpec, ModelSection
 from torchpqt.cli_jsonc import CliError
 
-__all__ = ["resolve_path", "load_callable", "call_user", "load_model", "forward_arg_names"]
+__all__ = ["call_user", "forward_arg_names", "load_callable", "load_model", "resolve_path"]
 
 logger = logging.getLogger("torchpqt")
 
@@ -94,12 +95,25 @@ def call_user(fn: Callable[..., Any], spec: str, key: str) -> Any:
                        "(it is called without arguments)") from exc
 
 
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    # torch.export.load logs a traceback to stderr before raising; our one-line error says it all.
+    target = logging.getLogger(name)
+    level = target.level
+    target.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
 def _load_pt2(path: Path) -> tuple[torch.nn.Module, tuple[Any, ...]]:
     if not path.is_file():
         raise CliError(f"'model.model': file '{path}' does not exist; paths are relative to the config "
                        "file's folder")
     try:
-        program = torch.export.load(str(path))
+        with _quiet("torch.export"):
+            program = torch.export.load(str(path))
     except Exception as exc:
         raise CliError(f"'model.model': cannot load '{path}' with torch.export.load ({type(exc).__name__}: "
                        f"{exc}); save it with torch.export.save") from exc

@@ -13,8 +13,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["OutputLayout", "make_layout", "setup_logging", "attach_log_file", "teardown_logging",
-           "fake_quantize_ranges", "write_report", "save_torch_model"]
+__all__ = [
+    "OutputLayout",
+    "attach_log_file",
+    "fake_quantize_ranges",
+    "make_layout",
+    "save_torch_model",
+    "setup_logging",
+    "teardown_logging",
+    "write_report",
+]
 
 logger = logging.getLogger("torchpqt")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -135,7 +143,7 @@ def save_torch_model(qmodel: torch.nn.Module, example_inputs: tuple[Any, ...], f
         program = torch.export.export(qmodel, tuple(example_inputs))
         path = folder / f"{name}_fq.pt2"
         torch.export.save(program, str(path))
-    except Exception as exc:  # capture limits are torch's; the pickle fallback still gives a usable dump
+    except Exception as exc:  # noqa: BLE001  (capture limits are torch's; the pickle still gives a dump)
         logger.warning("torch.export could not capture the quantized model (%s); pickling it instead", exc)
         path = folder / f"{name}_fq.pt"
         torch.save(qmodel, path)

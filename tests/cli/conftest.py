@@ -7,14 +7,16 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from torchpqt.cli import main
+from torchpqt.cli_model import load_callable
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -68,7 +70,7 @@ def run_subprocess(*argv: Any, cwd: Path) -> Result:
     """``python -m torchpqt ...`` in a fresh interpreter, stderr captured (so it is not a TTY)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-m", "torchpqt", *map(str, argv)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          check=False, capture_output=True, text=True, timeout=600)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -108,8 +110,7 @@ def write_config(workdir: Path) -> Callable[..., Path]:
 @pytest.fixture
 def pt2_model(workdir: Path) -> Path:
     """``tiny_cnn`` saved by torch.export.save as ``tiny.pt2`` (input 1x3x16x16)."""
-    namespace: dict[str, Any] = {}
-    exec(TINY_MODELS, namespace)  # the same factory the config-based tests import from tiny.py
-    program = torch.export.export(namespace["tiny_cnn"](), (torch.zeros(1, 3, 16, 16),))
+    tiny_cnn = load_callable("tiny.py:tiny_cnn", workdir, "test")  # the factory the configs name
+    program = torch.export.export(tiny_cnn(), (torch.zeros(1, 3, 16, 16),))
     torch.export.save(program, str(workdir / "tiny.pt2"))
     return workdir / "tiny.pt2"

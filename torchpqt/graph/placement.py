@@ -253,7 +253,8 @@ def place(view: GraphView, hw: HardwareConfig, config) -> Placement:
         types, act_mm = _valuable_consumers(view, hw, edges, blocked)
         if not types:
             continue
-        sites.append(FQSite("activations", tensor, edges, _name(view, edges[0], "activations"), types, act_mm))
+        name = min(_name(view, e, "activations") for e in edges)  # POT: merged FQs keep the first name
+        sites.append(FQSite("activations", tensor, edges, name, types, act_mm))
     for e in weights:
         info = view.ops[e.consumer]
         axis = info.weight_axis if e.arg == info.weight_arg else 0

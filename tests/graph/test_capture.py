@@ -1,0 +1,77 @@
+"""Capture: what OpenVINO's converter made of a torch model (BatchNorm folded, attention spelled out)."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchpqt.errors import CaptureError
+from torchpqt.graph.capture import capture
+from torchpqt.graph.ops import packet_name
+
+
+class ConvBnRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+        self.bn1d = nn.BatchNorm1d(4)
+        for bn in (self.bn, self.bn1d):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.conv(x)))
+        return self.bn1d(self.fc(y.mean((2, 3))))
+
+
+def _targets(gm):
+    return [packet_name(n) for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def test_batch_norm_folded_and_fp32_output_unchanged():
+    model = ConvBnRelu().eval()
+    x = torch.randn(4, 3, 8, 8)
+    gm = capture(model, x)
+    assert "batch_norm" not in _targets(gm)
+    torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_capture_keeps_the_user_model_untouched_and_batch_dynamic():
+    model = ConvBnRelu().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gm = capture(model, torch.randn(1, 3, 8, 8))
+    assert model.training, "capture must not switch the user's model to eval"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert gm(torch.randn(5, 3, 8, 8)).shape == (5, 4)
+
+
+def test_attention_is_spelled_out_as_matmul_softmax_matmul():
+    class Attn(nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = (torch.randn(2, 2, 5, 4) for _ in range(3))
+    gm = capture(Attn(), (q, k, v))
+    names = _targets(gm)
+    assert "scaled_dot_product_attention" not in names
+    assert names.count("matmul") == 2 and "softmax" in names
+    torch.testing.assert_close(gm(q, k, v), Attn()(q, k, v), rtol=1e-5, atol=1e-6)
+
+
+def test_untraceable_model_names_the_failing_line():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent Python control flow
+                return x * 2
+            return x
+
+    with pytest.raises(CaptureError) as err:
+        capture(DataDependent(), torch.randn(2, 3))
+    msg = str(err.value)
+    assert "DataDependent" in msg and "test_capture.py" in msg and "fix:" in msg

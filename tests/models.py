@@ -1,0 +1,296 @@
+"""Small deterministic test models and calibration data shared by the tests.
+
+Every builder seeds torch itself, returns an eval-mode model and downloads nothing, so the same call gives
+the same weights on every machine. ``MODELS`` maps a name to ``(builder, input kind)``;
+``calibration_data(name, n)`` gives ``n`` seeded samples for that model (a list of tensors with batch
+dimension 1). The POT parity goldens (``tests/data/pot/``) were recorded from exactly these models and
+data: changing a builder or the data means regenerating them (``tests/pot_parity/make_pot_goldens.py``).
+
+The models avoid linear conv -> 1x1 conv chains (a ReLU sits in between), so POT's
+ActivationChannelAlignment (spec §10.3) leaves the weights alone and ranges stay comparable.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MODELS", "build", "calibration_data", "example_input", "tiny_cnn", "small_transformer"]
+
+_SEED = 20231
+
+
+def _seeded(builder):
+    def wrapped() -> nn.Module:
+        torch.manual_seed(_SEED)
+        model = builder()
+        return model.eval()
+
+    wrapped.__name__ = builder.__name__
+    wrapped.__doc__ = builder.__doc__
+    return wrapped
+
+
+def _random_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    """Non-trivial BatchNorm statistics and affine parameters, so folding really changes the weights."""
+    c = bn.num_features
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(c) * 0.5)
+        bn.running_var.copy_(torch.rand(c) * 1.5 + 0.25)
+        bn.weight.copy_(torch.rand(c) * 1.5 + 0.5)
+        bn.bias.copy_(torch.randn(c) * 0.3)
+    return bn
+
+
+# --- tiny_cnn ------------------------------------------------------------------------------------------
+
+
+class TinyCNN(nn.Module):
+    """conv-bn-relu stem, residual add of two conv branches, depthwise conv + relu, concat of two branches
+    into a conv, maxpool, global average pooling, flatten, linear classifier. Input [1, 3, 16, 16]."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), _random_bn(nn.BatchNorm2d(8)),
+                                  nn.ReLU())
+        self.res_a = nn.Conv2d(8, 8, 3, padding=1)
+        self.res_b = nn.Conv2d(8, 8, 1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.cat_a = nn.Conv2d(8, 6, 3, padding=1)
+        self.cat_b = nn.Conv2d(8, 6, 3, padding=1)
+        self.fuse = nn.Conv2d(12, 16, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(self.res_a(x) + self.res_b(x))
+        x = F.relu(self.dw(x))
+        x = torch.cat([F.relu(self.cat_a(x)), self.cat_b(x)], dim=1)
+        x = self.pool(F.relu(self.fuse(x)))
+        x = F.adaptive_avg_pool2d(x, 1)
+        return self.fc(torch.flatten(x, 1))
+
+
+@_seeded
+def tiny_cnn() -> nn.Module:
+    """The TinyCNN above, seeded."""
+    return TinyCNN()
+
+
+# --- small_transformer ---------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.scale = self.head_dim ** -0.5
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+
+    def _split(self, t):
+        b, s, _ = t.shape
+        return t.reshape(b, s, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x):
+        q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+        scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale
+        attn = torch.softmax(scores, dim=-1)
+        ctx = torch.matmul(attn, v).transpose(1, 2)
+        b, s = ctx.shape[0], ctx.shape[1]
+        return self.o(ctx.reshape(b, s, self.heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SmallTransformer(nn.Module):
+    """One encoder block in plain torch ops over int64 input_ids [1, 8] (vocab 32, width 16, 2 heads)."""
+
+    def __init__(self, vocab: int = 32, dim: int = 16, heads: int = 2, hidden: int = 32):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.attn = SelfAttention(dim, heads)
+        self.ln1 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, hidden)
+        self.ln2 = nn.LayerNorm(dim)
+        with torch.no_grad():
+            for ln in (self.ln1, self.ln2):
+                ln.weight.copy_(torch.rand(dim) + 0.5)
+                ln.bias.copy_(torch.randn(dim) * 0.1)
+
+    def forward(self, input_ids):
+        x = self.embed(input_ids)
+        x = self.ln1(x + self.attn(x))
+        return self.ln2(x + self.mlp(x))
+
+
+@_seeded
+def small_transformer() -> nn.Module:
+    """The SmallTransformer above, seeded."""
+    return SmallTransformer()
+
+
+# --- probes for single placement rules -----------------------------------------------------------------
+
+
+class ConcatConv(nn.Module):
+    """Concat of an unsigned (ReLU) and a signed branch feeding a conv: unified scales (spec §4.7)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.c = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(torch.cat([F.relu(self.a(x)), self.b(x)], 1))
+
+
+class EltwiseConst(nn.Module):
+    """Eltwise ops with a constant tensor operand (spec §7.2): one right after conv->relu (the CPU fused
+    scale-shift pattern, §7.4), one after a maxpool (quantized, the constant gets a weights FQ)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3 = nn.Conv2d(4, 4, 3, padding=1)
+        self.scale = nn.Parameter(torch.rand(1, 4, 1, 1) + 0.5)
+        self.offset = nn.Parameter(torch.randn(1, 4, 1, 1))
+        self.gain = nn.Parameter(torch.randn(1, 4, 1, 1))
+
+    def forward(self, x):
+        y = F.relu(self.conv1(x)) * self.scale
+        y = F.max_pool2d(self.conv2(y), 2) + self.offset
+        return self.conv3(F.relu(y) * self.gain)
+
+
+class PreprocScaleShift(nn.Module):
+    """Parameter -> Mul(c) -> Add(c) -> Conv: the preprocessing is skipped, the FQ sits after the Add
+    (spec §7.4 inputs patterns, §7.5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.rand(1, 3, 1, 1) + 0.5)
+        self.shift = nn.Parameter(torch.randn(1, 3, 1, 1))
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.conv(x * self.scale + self.shift)))
+
+
+class PreprocSubMul(nn.Module):
+    """Parameter -> Subtract(c) -> Multiply(c) -> Conv: Subtract skipped, Multiply quantized (spec §7.5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mean = nn.Parameter(torch.randn(1, 3, 1, 1))
+        self.inv_std = nn.Parameter(torch.rand(1, 3, 1, 1) + 0.5)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv((x - self.mean) * self.inv_std)
+
+
+class MatMulConst(nn.Module):
+    """``x @ W`` with constant W [K, N] (POT transposes it to [N, K], per-channel over N; spec §4.5, §7.1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(16, 12) * 0.3)
+        self.w2 = nn.Parameter(torch.randn(12, 6) * 0.3)
+
+    def forward(self, x):
+        return F.relu(x @ self.w1) @ self.w2
+
+
+class ConvTranspose(nn.Module):
+    """ConvTranspose2d: weights [Cin, Cout, kH, kW], per-channel axis 1 (spec §4.3, §4.5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.up = nn.ConvTranspose2d(6, 4, 2, stride=2)
+        self.head = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.up(F.relu(self.conv(x)))))
+
+
+class GroupedConv(nn.Module):
+    """A grouped, not depthwise, conv (groups=2): Convolution with per-tensor activations (spec §7.3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.grouped(F.relu(self.conv(x)))))
+
+
+def _probe(cls):
+    def builder() -> nn.Module:
+        return cls()
+
+    builder.__name__ = cls.__name__
+    builder.__doc__ = cls.__doc__
+    return _seeded(builder)
+
+
+concat_conv = _probe(ConcatConv)
+eltwise_const = _probe(EltwiseConst)
+preproc_scale_shift = _probe(PreprocScaleShift)
+preproc_sub_mul = _probe(PreprocSubMul)
+matmul_const = _probe(MatMulConst)
+conv_transpose = _probe(ConvTranspose)
+grouped_conv = _probe(GroupedConv)
+
+# name -> (builder, input: ("image", shape) | ("ids", shape, vocab) | ("features", shape))
+MODELS = {
+    "tiny_cnn": (tiny_cnn, ("image", (3, 16, 16))),
+    "small_transformer": (small_transformer, ("ids", (8,), 32)),
+    "concat_conv": (concat_conv, ("image", (3, 8, 8))),
+    "eltwise_const": (eltwise_const, ("image", (3, 8, 8))),
+    "preproc_scale_shift": (preproc_scale_shift, ("image", (3, 8, 8))),
+    "preproc_sub_mul": (preproc_sub_mul, ("image", (3, 8, 8))),
+    "matmul_const": (matmul_const, ("features", (4, 16))),
+    "conv_transpose": (conv_transpose, ("image", (3, 8, 8))),
+    "grouped_conv": (grouped_conv, ("image", (3, 8, 8))),
+}
+
+
+def build(name: str) -> nn.Module:
+    """The seeded, eval-mode model called ``name`` (a key of ``MODELS``)."""
+    return MODELS[name][0]()
+
+
+def calibration_data(model_name: str, n: int, seed: int = 0) -> list[torch.Tensor]:
+    """``n`` seeded samples for ``model_name``, each a tensor with batch dimension 1.
+
+    Images and features are standard normal float32 (images get a per-sample scale in [0.5, 2) so the
+    aggregators see different ranges); ids are int64 uniform over the vocabulary.
+    """
+    kind = MODELS[model_name][1]
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(n):
+        if kind[0] == "ids":
+            samples.append(torch.randint(0, kind[2], (1, *kind[1]), generator=g, dtype=torch.int64))
+        else:
+            scale = 0.5 + 1.5 * torch.rand((), generator=g)
+            samples.append(torch.randn((1, *kind[1]), generator=g) * scale)
+    return samples
+
+
+def example_input(model_name: str) -> torch.Tensor:
+    """One sample (the first calibration sample)."""
+    return calibration_data(model_name, 1)[0]

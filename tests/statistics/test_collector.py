@@ -1,0 +1,84 @@
+"""TensorStatistics: the per-tensor calibration collector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from torchpqt.errors import ConfigError, TorchPQTError
+from torchpqt.statistics import StatSpec, TensorStatistics, make_aggregator, range_estimator, reduce
+
+ALL_SPECS = [
+    StatSpec("min", "min", "mean", "pertensor"),
+    StatSpec("max", "max", "max", "pertensor"),
+    StatSpec("max", "abs_max", "mean", "pertensor"),
+    StatSpec("max", "abs_max", "median", "perchannel"),
+    StatSpec("min", "quantile", "min", "perchannel", outlier_prob=0.01),
+    StatSpec("max", "abs_quantile", "hl_estimator", "pertensor", outlier_prob=0.01),
+    StatSpec("max", "mean", "mean", "perchannel"),
+]
+
+
+def _batches(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, 3, 4, 4, generator=g) for b in (2, 2, 1)]  # a short last batch
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_matches_reduce_then_aggregate(inplace: bool) -> None:
+    stats = TensorStatistics(ALL_SPECS, inplace=inplace)
+    for b in _batches():
+        stats.update(b)
+    assert stats.num_batches == 3
+    for spec in ALL_SPECS:
+        agg = make_aggregator(spec.aggregator)
+        for b in _batches():
+            agg.update(reduce(b, spec.type, spec.granularity, q=spec.q, per_batch=inplace))
+        np.testing.assert_allclose(stats.result(spec), agg.result(), rtol=1e-12, err_msg=spec.key)
+
+
+def test_inplace_changes_per_tensor_extremes_only() -> None:
+    specs = [StatSpec("max", "abs_max", "mean", "pertensor"), StatSpec("max", "abs_max", "max", "perchannel")]
+    normal, inplace = TensorStatistics(specs), TensorStatistics(specs, inplace=True)
+    for b in _batches():
+        normal.update(b)
+        inplace.update(b)
+    per_batch = np.mean([b.abs().max().item() for b in _batches()])
+    np.testing.assert_allclose(inplace.result(specs[0]), per_batch, rtol=1e-6)
+    assert inplace.result(specs[0]) > normal.result(specs[0])  # §6: per-batch extremes widen the mean
+    np.testing.assert_array_equal(inplace.result(specs[1]), normal.result(specs[1]))
+
+
+def test_shared_reducers_and_duplicate_specs() -> None:
+    mn, mx = range_estimator("activations", "symmetric", "perchannel", None)
+    stats = TensorStatistics([mn, mx, mx])
+    stats.update(torch.tensor([[[1.0, -4.0], [2.0, 3.0]]]))
+    assert stats.result(mn) == -4.0
+    np.testing.assert_array_equal(stats.result(mx), [4.0, 3.0])
+
+
+def test_channel_axis() -> None:
+    spec = StatSpec("max", "max", "max", "perchannel")
+    stats = TensorStatistics([spec], channel_axis=-1)
+    x = torch.randn(2, 5, 3)
+    stats.update(x)
+    np.testing.assert_allclose(stats.result(spec), x.amax(dim=(0, 1)).numpy())
+
+
+def test_errors() -> None:
+    with pytest.raises(ConfigError, match="no aggregator"):
+        TensorStatistics([StatSpec("max", "abs_max", None, "perchannel")])
+    stats = TensorStatistics([ALL_SPECS[0]])
+    with pytest.raises(TorchPQTError, match="not registered"):
+        stats.result(ALL_SPECS[1])
+    with pytest.raises(TorchPQTError, match="no calibration batch"):
+        stats.result(ALL_SPECS[0])
+
+
+def test_requires_grad_input_and_repr() -> None:
+    spec = ALL_SPECS[2]
+    stats = TensorStatistics([spec])
+    stats.update(torch.randn(2, 3, requires_grad=True) * 2)
+    assert stats.result(spec).shape == ()
+    assert "abs_max/pertensor->mean" in repr(stats)

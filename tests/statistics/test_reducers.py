@@ -1,0 +1,162 @@
+"""Per-sample reducers against NumPy (POT evaluates its statistics with NumPy, §5.2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torchpqt.errors import ConfigError
+from torchpqt.statistics import minmax, reduce, weight_stat
+
+TYPES = ["min", "max", "abs_max", "mean", "quantile", "abs_quantile"]
+NP_FN = {
+    "min": np.min,
+    "max": np.max,
+    "abs_max": lambda a, axis: np.max(np.abs(a), axis=axis),
+    "mean": np.mean,
+    "quantile": lambda a, axis, q: np.quantile(a, q, axis=axis),
+    "abs_quantile": lambda a, axis, q: np.quantile(np.abs(a), q, axis=axis),
+}
+
+
+def _np_stat(a: np.ndarray, stat_type: str, axis: int, q: float | None) -> np.ndarray:
+    a = a.astype(np.float64)
+    return NP_FN[stat_type](a, axis=axis, q=q) if "quantile" in stat_type else NP_FN[stat_type](a, axis=axis)
+
+
+shapes = st.lists(st.integers(1, 7), min_size=3, max_size=4)
+qs = st.one_of(st.sampled_from([0.0, 1e-4, 0.5, 1 - 1e-4, 1.0]), st.floats(0.0, 1.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, q=qs, seed=st.integers(0, 2**16), abs_=st.booleans())
+def test_quantile_equals_numpy(shape: list[int], q: float, seed: int, abs_: bool) -> None:
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+    stat_type = "abs_quantile" if abs_ else "quantile"
+    a = x.numpy()
+    per_tensor = reduce(x, stat_type, "pertensor", q=q)
+    per_channel = reduce(x, stat_type, "perchannel", q=q)
+    ref_t = _np_stat(a.reshape(a.shape[0], -1), stat_type, 1, q)
+    ref_c = _np_stat(a.reshape(a.shape[0], a.shape[1], -1), stat_type, 2, q)
+    np.testing.assert_allclose(per_tensor.numpy(), ref_t, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(per_channel.numpy(), ref_c, rtol=1e-12, atol=0)
+    assert per_tensor.dtype == torch.float64
+
+
+@pytest.mark.parametrize("q", [0.3, 0.5, 0.999])
+def test_quantile_selection_path_with_ties(q: float) -> None:
+    # Many ties and rows long enough to take the kthvalue path (more than 1024 order statistics).
+    x = torch.randint(0, 7, (3, 5000)).float()
+    ref = np.quantile(x.numpy().astype(np.float64), q, axis=1)
+    np.testing.assert_array_equal(reduce(x, "quantile", "pertensor", q=q).numpy(), ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16), stat_type=st.sampled_from(TYPES))
+def test_per_channel_equals_per_tensor_channel_by_channel(shape: list[int], seed: int, stat_type: str) -> None:
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+    q = 0.9 if "quantile" in stat_type else None
+    per_channel = reduce(x, stat_type, "perchannel", q=q)
+    for c in range(x.shape[1]):
+        torch.testing.assert_close(per_channel[:, c], reduce(x[:, c], stat_type, "pertensor", q=q).to(per_channel.dtype))
+
+
+@pytest.mark.parametrize("stat_type", TYPES)
+def test_channel_axis_last(stat_type: str) -> None:
+    x = torch.randn(2, 5, 4)  # [B, T, C], e.g. a MatMul input with channels last
+    q = 0.25 if "quantile" in stat_type else None
+    got = reduce(x, stat_type, "perchannel", q=q, channel_axis=-1)
+    ref = _np_stat(np.moveaxis(x.numpy(), -1, 1), stat_type, 2, q)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("stat_type", TYPES)
+def test_non_contiguous_input(stat_type: str) -> None:
+    x = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    q = 0.75 if "quantile" in stat_type else None
+    for g, axis, rows in (("pertensor", 1, x.numpy().reshape(2, -1)), ("perchannel", 2, x.numpy().reshape(2, 3, -1))):
+        np.testing.assert_allclose(reduce(x, stat_type, g, q=q).numpy(), _np_stat(rows, stat_type, axis, q), rtol=1e-6)
+
+
+def test_shapes_follow_pot() -> None:
+    # §5.2: per tensor [B] for rank >= 2, [1] below; per channel [B, C] for rank >= 3, else the tensor itself.
+    assert reduce(torch.randn(4, 3, 2), "max", "pertensor").shape == (4,)
+    assert reduce(torch.randn(6), "max", "pertensor").shape == (1,)
+    assert reduce(torch.randn(4, 3, 2, 2), "max", "perchannel").shape == (4, 3)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(reduce(x, "min", "perchannel"), x)
+    torch.testing.assert_close(reduce(x, "abs_quantile", "perchannel", q=0.5), x.abs().double())
+
+
+def test_per_batch_reduces_the_whole_batch() -> None:
+    x = torch.randn(4, 3, 5)
+    for stat_type, ref in (("min", x.min()), ("max", x.max()), ("abs_max", x.abs().max())):
+        got = reduce(x, stat_type, "pertensor", per_batch=True)
+        assert got.shape == (1,)
+        assert got.item() == ref.item()
+    # Quantiles and per-channel statistics ignore it (POT forces inplace off / reduces the same axes).
+    torch.testing.assert_close(
+        reduce(x, "quantile", "pertensor", q=0.9, per_batch=True), reduce(x, "quantile", "pertensor", q=0.9)
+    )
+    torch.testing.assert_close(reduce(x, "max", "perchannel", per_batch=True), reduce(x, "max", "perchannel"))
+
+
+def test_minmax_matches_reduce() -> None:
+    x = torch.randn(3, 4, 5)
+    mn, mx = minmax(x, "perchannel")
+    torch.testing.assert_close(mn, x.amin(dim=2))
+    torch.testing.assert_close(mx, x.amax(dim=2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_low_and_high_precision_inputs(dtype: torch.dtype) -> None:
+    x = torch.randn(2, 3, 40).to(dtype)
+    ref = np.quantile(x.float().numpy().astype(np.float64).reshape(2, -1), 0.3, axis=1)
+    np.testing.assert_allclose(reduce(x, "quantile", "pertensor", q=0.3).numpy(), ref, rtol=1e-12)
+    assert reduce(x, "max", "pertensor").dtype == torch.promote_types(dtype, torch.float32)
+
+
+def test_mean_is_accumulated_in_float64() -> None:
+    # float32 accumulation gives 2**24 + 1 == 2**24, so a mean of 0 instead of 1/3; a near-zero
+    # channel mean needs this accuracy to meet POT's numbers at rtol 1e-5 (golden per-channel mean).
+    x = torch.tensor([[[2.0**24, 1.0, -(2.0**24)]]])
+    assert reduce(x, "mean", "perchannel").item() == pytest.approx(1 / 3, rel=1e-12)
+    assert reduce(x, "mean", "pertensor").item() == pytest.approx(1 / 3, rel=1e-12)
+
+
+def test_errors_name_the_problem() -> None:
+    x = torch.randn(2, 3)
+    with pytest.raises(ConfigError, match="allowed"):
+        reduce(x, "median", "pertensor")
+    with pytest.raises(ConfigError, match="granularity"):
+        reduce(x, "max", "perlayer")
+    with pytest.raises(ConfigError, match="q in"):
+        reduce(x, "quantile", "pertensor")
+
+
+@pytest.mark.parametrize("stat_type", TYPES)
+def test_weight_stat(stat_type: str) -> None:
+    w = np.random.default_rng(1).standard_normal((3, 4, 2, 2)).astype(np.float32)
+    q = 1e-4 if "quantile" in stat_type else None
+    per_tensor = weight_stat(torch.from_numpy(w), stat_type, "pertensor", q=q)
+    assert per_tensor.shape == () and per_tensor.dtype == np.float64
+    np.testing.assert_allclose(per_tensor, _np_stat(w.ravel(), stat_type, 0, q), rtol=1e-12)
+    out0 = weight_stat(w, stat_type, "perchannel", q=q)
+    np.testing.assert_allclose(out0, _np_stat(w.reshape(3, -1), stat_type, 1, q), rtol=1e-12)
+    # ConvTranspose weights [Cin, Cout, ...]: the output channel is axis 1.
+    out1 = weight_stat(w, stat_type, "perchannel", axis=1, q=q)
+    np.testing.assert_allclose(out1, _np_stat(np.swapaxes(w, 0, 1).reshape(4, -1), stat_type, 1, q), rtol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("stat_type", TYPES)
+def test_cuda_matches_cpu(stat_type: str) -> None:
+    x = torch.randn(4, 8, 30, 30)
+    q = 1e-4 if "quantile" in stat_type else None
+    for granularity in ("pertensor", "perchannel"):
+        got = reduce(x.cuda(), stat_type, granularity, q=q)
+        assert got.device.type == "cuda"
+        torch.testing.assert_close(got.cpu(), reduce(x, stat_type, granularity, q=q), rtol=1e-6, atol=1e-7)
