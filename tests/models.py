@@ -154,21 +154,37 @@ class ConcatConv(nn.Module):
 
 
 class EltwiseConst(nn.Module):
-    """Eltwise ops with a constant tensor operand (spec §7.2): one right after conv->relu (the CPU fused
-    scale-shift pattern, §7.4), one after a maxpool (quantized, the constant gets a weights FQ)."""
+    """Eltwise ops with a constant tensor operand that OpenVINO's converter keeps (spec §7.2): an Add(c)
+    after a maxpool and a Multiply(c) after a sigmoid. Both are quantized on all ports; the constant gets
+    a weights-group FQ."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.offset = nn.Parameter(torch.randn(1, 4, 1, 1))
+        self.gain = nn.Parameter(torch.randn(1, 4, 1, 1))
+
+    def forward(self, x):
+        y = F.max_pool2d(F.relu(self.conv1(x)), 2) + self.offset
+        y = torch.sigmoid(y) * self.gain
+        return self.conv2(F.relu(y))
+
+
+class ConstFusion(nn.Module):
+    """Per-channel Multiply(c) right next to convs. OpenVINO's converter folds both into conv weights
+    (``relu(conv1) * scale -> conv2`` into conv2's input channels, ``conv2 * gain`` into its output
+    channels), so POT sees neither Multiply and computes conv2's weight ranges on the folded weights."""
 
     def __init__(self):
         super().__init__()
         self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
         self.conv3 = nn.Conv2d(4, 4, 3, padding=1)
         self.scale = nn.Parameter(torch.rand(1, 4, 1, 1) + 0.5)
-        self.offset = nn.Parameter(torch.randn(1, 4, 1, 1))
         self.gain = nn.Parameter(torch.randn(1, 4, 1, 1))
 
     def forward(self, x):
         y = F.relu(self.conv1(x)) * self.scale
-        y = F.max_pool2d(self.conv2(y), 2) + self.offset
-        return self.conv3(F.relu(y) * self.gain)
+        return self.conv3(F.relu(self.conv2(y) * self.gain))
 
 
 class PreprocScaleShift(nn.Module):
@@ -248,6 +264,7 @@ def _probe(cls):
 
 concat_conv = _probe(ConcatConv)
 eltwise_const = _probe(EltwiseConst)
+const_fusion = _probe(ConstFusion)
 preproc_scale_shift = _probe(PreprocScaleShift)
 preproc_sub_mul = _probe(PreprocSubMul)
 matmul_const = _probe(MatMulConst)
@@ -260,6 +277,7 @@ MODELS = {
     "small_transformer": (small_transformer, ("ids", (8,), 32)),
     "concat_conv": (concat_conv, ("image", (3, 8, 8))),
     "eltwise_const": (eltwise_const, ("image", (3, 8, 8))),
+    "const_fusion": (const_fusion, ("image", (3, 8, 8))),
     "preproc_scale_shift": (preproc_scale_shift, ("image", (3, 8, 8))),
     "preproc_sub_mul": (preproc_sub_mul, ("image", (3, 8, 8))),
     "matmul_const": (matmul_const, ("features", (4, 16))),

@@ -48,8 +48,9 @@ def _warn_once(key: str, message: str) -> None:
 def _announce_pending(config: DefaultQuantizationConfig) -> None:
     """Sub-algorithms that later releases add; the config may ask for them: say so, once."""
     if config.use_fast_bias:
-        _warn_once("fbc", "use_fast_bias: fast bias correction is not implemented yet; running "
-                          "ActivationChannelAlignment-free MinMaxQuantization only")
+        _warn_once("fbc", "use_fast_bias=true: fast bias correction is not implemented yet; this run "
+                          "applies MinMaxQuantization only (no bias correction, no activation channel "
+                          "alignment)")
     else:
         _warn_once("bc", "use_fast_bias=false: BiasCorrection is not implemented yet; running "
                          "MinMaxQuantization only")
@@ -175,6 +176,8 @@ def _install_weight_fq(qm: fx.GraphModule, view: GraphView, p: QuantizationPoint
             src = qm.graph.get_attr(name)
         node = qm.graph.call_module(p.module_name, (src,))
     type(edge)(tensor, consumer, edge.arg, edge.sub, edge.port).rewire(node)
+    if not tensor.users:
+        qm.graph.erase_node(tensor)
 
 
 def convert(prepared: fx.GraphModule) -> fx.GraphModule:

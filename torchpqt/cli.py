@@ -25,16 +25,9 @@ import torchpqt
 from torchpqt.cli_config import CliConfig, parse_config
 from torchpqt.cli_data import open_data_source
 from torchpqt.cli_jsonc import CliError, read_jsonc
+from torchpqt.cli_logging import attach_log_file, setup_logging, teardown_logging
 from torchpqt.cli_model import forward_arg_names, load_model
-from torchpqt.cli_output import (
-    attach_log_file,
-    fake_quantize_ranges,
-    make_layout,
-    save_torch_model,
-    setup_logging,
-    teardown_logging,
-    write_report,
-)
+from torchpqt.cli_output import fake_quantize_ranges, make_layout, save_torch_model, write_report
 from torchpqt.errors import TorchPQTError
 
 __all__ = ["QUICK_TEMPLATE", "build_parser", "main"]

@@ -6,6 +6,7 @@ the DefaultQuantization ``params`` are validated by ``DefaultQuantizationConfig.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 from torchpqt.cli_jsonc import CliError
 
 __all__ = ["DTYPES", "CliConfig", "EngineSection", "InputSpec", "ModelSection", "parse_config"]
+
+logger = logging.getLogger("torchpqt")
 
 # POT's CLI (configs/config.py) reads these four keys from `compression`, not from `params`.
 COMPRESSION_KEYS = ("target_device", "model_type", "inplace_statistics", "dump_intermediate_model")
@@ -163,6 +166,9 @@ def _engine(raw: Mapping[str, Any], base_dir: Path, data_source: str | None) -> 
         raise CliError(f"'engine.{checker[0]}' configures POT's Accuracy Checker engine, which torchpqt does not "
                        "have; use \"type\": \"simplified\" with a \"data_source\"")
     engine = _section(raw, "engine", ENGINE_KEYS)
+    for key in ("stat_requests_number", "eval_requests_number"):
+        if key in engine:  # POT's async request counts: torch runs the calibration batches one by one
+            logger.info("engine.%s is accepted for POT compatibility and ignored", key)
     kind = engine.get("type", "simplified")
     if kind != "simplified":
         raise CliError(f"'engine.type' is {kind!r}; torchpqt supports only \"simplified\" (no Accuracy "

@@ -1,12 +1,10 @@
-"""What the CLI writes: the folder layout of POT's CLI, ``log.txt`` and ``report.json``."""
+"""What the CLI writes: the folder layout of POT's CLI, ``report.json`` and the torch dump."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import logging.handlers
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,19 +13,13 @@ import torch
 
 __all__ = [
     "OutputLayout",
-    "attach_log_file",
     "fake_quantize_ranges",
     "make_layout",
     "save_torch_model",
-    "setup_logging",
-    "teardown_logging",
     "write_report",
 ]
 
 logger = logging.getLogger("torchpqt")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_LOGGERS = ("torchpqt", "py.warnings")
-_MARK = "_torchpqt_cli"  # tags the CLI's handlers so that teardown removes only those
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,50 +42,6 @@ def make_layout(output_dir: Path, model_name: str, direct_dump: bool, now: datet
     stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
     log_dir = output_dir / f"{model_name}_DefaultQuantization" / stamp
     return OutputLayout(log_dir, log_dir / "optimized", model_name)
-
-
-def setup_logging(level: str) -> logging.handlers.MemoryHandler:
-    """Log to stdout (stderr is kept for the one-line error and the progress bar), and buffer the records
-    until the output folder exists so that log.txt gets them all."""
-    root = logging.getLogger("torchpqt")
-    root.setLevel(level)
-    stream = logging.StreamHandler(sys.stdout)
-    stream.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
-    for handler in (stream, buffer):
-        setattr(handler, _MARK, True)
-    for name in _LOGGERS:
-        target = logging.getLogger(name)
-        target.addHandler(stream)
-        target.addHandler(buffer)
-        target.propagate = False
-    logging.captureWarnings(True)  # torch/onnx warnings into the log, not onto stderr
-    return buffer
-
-
-def attach_log_file(buffer: logging.handlers.MemoryHandler, path: Path) -> None:
-    """Start writing log.txt, including the records logged before the folder existed."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    setattr(handler, _MARK, True)
-    buffer.setTarget(handler)
-    buffer.flush()
-    for name in _LOGGERS:
-        target = logging.getLogger(name)
-        target.removeHandler(buffer)
-        target.addHandler(handler)
-
-
-def teardown_logging() -> None:
-    """Remove and close the CLI's handlers (main() may run more than once in one process, e.g. in tests)."""
-    logging.captureWarnings(False)
-    logging.getLogger("torchpqt").setLevel(logging.NOTSET)
-    for name in _LOGGERS:
-        target = logging.getLogger(name)
-        for handler in [h for h in target.handlers if getattr(h, _MARK, False)]:
-            target.removeHandler(handler)
-            handler.close()
-        target.propagate = True
 
 
 def _values(tensor: Any) -> Any:

@@ -1,12 +1,8 @@
-"""Fixtures for the CLI tests: run the CLI in-process or as a subprocess, write configs and tiny models."""
+"""Fixtures for the CLI tests: run the CLI in-process, write configs and tiny models."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,44 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cli_helpers import TINY_MODELS, Result
 
 from torchpqt.cli import main
 from torchpqt.cli_model import load_callable
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "examples"
-
-TINY_MODELS = textwrap.dedent('''
-    import torch
-    from torch import nn
-
-    def tiny_cnn():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
-
-    def broken():
-        raise ValueError("the factory is broken on purpose")
-
-    def not_a_module():
-        return 42
-''')
-
-
-class Result:
-    """Exit code and the two output streams of one CLI run."""
-
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    def assert_one_line_error(self, *fragments: str) -> None:
-        lines = self.err.strip().splitlines()
-        assert self.code == 2, (self.code, self.err)
-        assert len(lines) == 1, self.err
-        assert lines[0].startswith("torchpqt: error: "), lines[0]
-        assert "Traceback" not in self.err + self.out
-        for fragment in fragments:
-            assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.fixture
@@ -66,14 +28,6 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
     return run
 
 
-def run_subprocess(*argv: Any, cwd: Path) -> Result:
-    """``python -m torchpqt ...`` in a fresh interpreter, stderr captured (so it is not a TTY)."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "torchpqt", *map(str, argv)], cwd=cwd, env=env,
-                          check=False, capture_output=True, text=True, timeout=600)
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A folder with ``tiny.py`` (factories), ``calib.npy`` (6 samples of 3x16x16) and nothing else."""
@@ -81,18 +35,6 @@ def workdir(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     np.save(tmp_path / "calib.npy", rng.random((6, 3, 16, 16), dtype=np.float32))
     return tmp_path
-
-
-def base_config(**sections: Any) -> dict[str, Any]:
-    """A valid config for ``tiny.py:tiny_cnn`` and ``calib.npy``; keyword sections replace the defaults."""
-    config = {
-        "model": {"model_name": "tiny", "model": "tiny.py:tiny_cnn", "example_input_shape": [1, 3, 16, 16]},
-        "engine": {"type": "simplified", "data_source": "calib.npy"},
-        "compression": {"target_device": "ANY", "algorithms": [
-            {"name": "DefaultQuantization", "params": {"preset": "performance", "stat_subset_size": 4}}]},
-    }
-    config.update(sections)
-    return config
 
 
 @pytest.fixture

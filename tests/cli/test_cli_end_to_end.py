@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, base_config, run_subprocess
+from cli_helpers import EXAMPLES, base_config, run_subprocess
 
 from torchpqt.cli_model import load_callable
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import Result, base_config, run_subprocess
+from cli_helpers import Result, base_config, run_subprocess
 
 
 def _algo(params: dict) -> dict:

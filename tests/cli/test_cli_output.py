@@ -1,17 +1,16 @@
-"""Output layout, report content and the quick-mode template."""
+"""Output layout, report content, the torch dump."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
 import torch
-from conftest import EXAMPLES
 
-from torchpqt.cli import QUICK_TEMPLATE
-from torchpqt.cli_jsonc import read_jsonc
 from torchpqt.cli_output import fake_quantize_ranges, make_layout, save_torch_model, write_report
 from torchpqt.quant.fake_quantize import FakeQuantize
 
@@ -25,11 +24,6 @@ def test_timestamped_layout_like_pot(tmp_path):
 def test_direct_dump_layout(tmp_path):
     layout = make_layout(tmp_path, "net", direct_dump=True)
     assert layout.log_dir == tmp_path and layout.xml == tmp_path / "net.xml"
-
-
-def test_quick_mode_uses_the_shipped_template():
-    template = read_jsonc(EXAMPLES / "configs" / "default_quantization_template.json")
-    assert template["compression"] == QUICK_TEMPLATE
 
 
 def test_fake_quantize_ranges_per_module_name():
@@ -60,3 +54,9 @@ def test_dump_of_the_fake_quantized_model_reloads(tmp_path):
     assert path.name == "net_fq.pt2"  # torch.export captures FakeQuantize: no pickle needed
     reloaded = torch.export.load(str(path)).module() if path.suffix == ".pt2" else torch.load(path, weights_only=False)
     torch.testing.assert_close(reloaded(x), model(x))
+
+
+def test_cli_import_stays_light():
+    code = "import sys, torchpqt.cli; print(sorted(m for m in ('onnx', 'openvino') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"

@@ -24,7 +24,9 @@ def _activation_batches() -> list[torch.Tensor]:
     # Spec §13.1 recipe, as recorded in the JSON.
     rng = np.random.default_rng(20240607)
     x = rng.standard_normal((4, 2, 3, 4, 5))
-    x = x * np.array([1.0, 2.0, 0.5]).reshape(1, 1, 3, 1, 1) + np.array([0.5, -1.0, 0.0]).reshape(1, 1, 3, 1, 1)
+    x = x * np.array([1.0, 2.0, 0.5]).reshape(1, 1, 3, 1, 1) + np.array([0.5, -1.0, 0.0]).reshape(
+        1, 1, 3, 1, 1
+    )
     x[1, 0, 1, 2, 3] = 25.0
     x[3, 1, 0, 0, 0] = -18.0
     x = x.astype(np.float32)
@@ -77,7 +79,10 @@ def test_per_batch_statistic(granularity: str, name: str) -> None:
 def _aggregated_cases() -> list:
     tree = ACT["aggregated"]
     return [
-        pytest.param(g, name, agg, id=f"{g}-{name}-{agg}") for g in tree for name in tree[g] for agg in tree[g][name]
+        pytest.param(g, name, agg, id=f"{g}-{name}-{agg}")
+        for g in tree
+        for name in tree[g]
+        for agg in tree[g][name]
     ]
 
 
@@ -138,7 +143,12 @@ def test_fake_quantize_from_stats(case: str) -> None:
     p = fake_quantize_params(min_stat, max_stat, _act_spec(mode, granularity))
     assert p.levels == gold["levels"]
     scale, zp = scale_zero_point(p)
-    for got, key in ((p.input_low, "input_low"), (p.input_high, "input_high"), (scale, "scale"), (zp, "zero_point")):
+    for got, key in (
+        (p.input_low, "input_low"),
+        (p.input_high, "input_high"),
+        (scale, "scale"),
+        (zp, "zero_point"),
+    ):
         np.testing.assert_allclose(np.atleast_1d(got), gold[key], rtol=RTOL, err_msg=key)
     np.testing.assert_array_equal(p.output_low, p.input_low)
     np.testing.assert_array_equal(p.output_high, p.input_high)
@@ -171,7 +181,9 @@ def _weight_stat_cases() -> list:
 @pytest.mark.parametrize(("w", "axis", "key", "granularity", "name"), _weight_stat_cases())
 def test_weight_statistic(w: np.ndarray, axis: int, key: str, granularity: str, name: str) -> None:
     stat_type, q = STAT_NAMES[name]
-    _close(weight_stat(torch.from_numpy(w), stat_type, granularity, axis=axis, q=q), WTS[key][granularity][name])
+    _close(
+        weight_stat(torch.from_numpy(w), stat_type, granularity, axis=axis, q=q), WTS[key][granularity][name]
+    )
 
 
 def _weight_fq_cases() -> list:
@@ -227,5 +239,10 @@ def test_min_max_to_fake_quantize(ex: dict) -> None:
     p = fake_quantize_params(ex["min_stat"], ex["max_stat"], _example_spec(ex))
     assert p.levels == ex["levels"]
     scale, zp = scale_zero_point(p)
-    for got, key in ((p.input_low, "input_low"), (p.input_high, "input_high"), (scale, "scale"), (zp, "zero_point")):
+    for got, key in (
+        (p.input_low, "input_low"),
+        (p.input_high, "input_high"),
+        (scale, "scale"),
+        (zp, "zero_point"),
+    ):
         np.testing.assert_allclose(np.atleast_1d(got), ex[key], rtol=RTOL, err_msg=key)

@@ -39,11 +39,15 @@ def test_max_min_invariant_to_batching(data, name: str) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(data=samples, name=st.sampled_from(["median", "mean_no_outliers", "median_no_outliers", "hl_estimator"]))
+@given(
+    data=samples, name=st.sampled_from(["median", "mean_no_outliers", "median_no_outliers", "hl_estimator"])
+)
 def test_sample_aggregators_see_all_samples(data, name: str) -> None:
     # POT crashes on uneven batches here; we pool the per-sample values, so batching never matters.
     values, cuts = np.asarray(data[0], dtype=np.float32), data[1]
-    np.testing.assert_allclose(_run(name, _split(values, cuts)), _run(name, [torch.from_numpy(values)]), rtol=1e-12)
+    np.testing.assert_allclose(
+        _run(name, _split(values, cuts)), _run(name, [torch.from_numpy(values)]), rtol=1e-12
+    )
 
 
 def test_mean_is_mean_of_batch_means() -> None:

@@ -67,7 +67,9 @@ def test_user_overlay_is_key_by_key() -> None:
 
 def test_user_max_replaces_symmetric_weight_abs_max() -> None:
     # §5.4 example: a user `max: {type: quantile, ...}` replaces abs_max for symmetric weights.
-    mn, mx = range_estimator("weights", "symmetric", "perchannel", {"max": {"type": "quantile", "outlier_prob": 0.01}})
+    mn, mx = range_estimator(
+        "weights", "symmetric", "perchannel", {"max": {"type": "quantile", "outlier_prob": 0.01}}
+    )
     assert mn is None
     assert (mx.type, mx.q, mx.granularity) == ("quantile", 0.99, "perchannel")
 
@@ -108,7 +110,10 @@ def test_weights_ignore_aggregator(caplog: pytest.LogCaptureFixture) -> None:
         (("activations", "symmetric", "pertensor", {"min": {"outlier": 0.1}}), "unknown key"),
         (("activations", "symmetric", "layer", None), "granularity = 'layer'"),
         (("weights", "symmetric", "perchannel", {"min": {"clipping_value": -1.0}}), "min has no 'type'"),
-        (("activations", "asymmetric", "pertensor", {"max": {"type": "quantile", "outlier_prob": 2}}), "outlier_prob"),
+        (
+            ("activations", "asymmetric", "pertensor", {"max": {"type": "quantile", "outlier_prob": 2}}),
+            "outlier_prob",
+        ),
         (("bias", "symmetric", "pertensor", None), "group = 'bias'"),
     ],
 )

@@ -56,12 +56,16 @@ def test_quantile_selection_path_with_ties(q: float) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(shape=shapes, seed=st.integers(0, 2**16), stat_type=st.sampled_from(TYPES))
-def test_per_channel_equals_per_tensor_channel_by_channel(shape: list[int], seed: int, stat_type: str) -> None:
+def test_per_channel_equals_per_tensor_channel_by_channel(
+    shape: list[int], seed: int, stat_type: str
+) -> None:
     x = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
     q = 0.9 if "quantile" in stat_type else None
     per_channel = reduce(x, stat_type, "perchannel", q=q)
     for c in range(x.shape[1]):
-        torch.testing.assert_close(per_channel[:, c], reduce(x[:, c], stat_type, "pertensor", q=q).to(per_channel.dtype))
+        torch.testing.assert_close(
+            per_channel[:, c], reduce(x[:, c], stat_type, "pertensor", q=q).to(per_channel.dtype)
+        )
 
 
 @pytest.mark.parametrize("stat_type", TYPES)
@@ -77,8 +81,13 @@ def test_channel_axis_last(stat_type: str) -> None:
 def test_non_contiguous_input(stat_type: str) -> None:
     x = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
     q = 0.75 if "quantile" in stat_type else None
-    for g, axis, rows in (("pertensor", 1, x.numpy().reshape(2, -1)), ("perchannel", 2, x.numpy().reshape(2, 3, -1))):
-        np.testing.assert_allclose(reduce(x, stat_type, g, q=q).numpy(), _np_stat(rows, stat_type, axis, q), rtol=1e-6)
+    for g, axis, rows in (
+        ("pertensor", 1, x.numpy().reshape(2, -1)),
+        ("perchannel", 2, x.numpy().reshape(2, 3, -1)),
+    ):
+        np.testing.assert_allclose(
+            reduce(x, stat_type, g, q=q).numpy(), _np_stat(rows, stat_type, axis, q), rtol=1e-6
+        )
 
 
 def test_shapes_follow_pot() -> None:
@@ -148,7 +157,9 @@ def test_weight_stat(stat_type: str) -> None:
     np.testing.assert_allclose(out0, _np_stat(w.reshape(3, -1), stat_type, 1, q), rtol=1e-12)
     # ConvTranspose weights [Cin, Cout, ...]: the output channel is axis 1.
     out1 = weight_stat(w, stat_type, "perchannel", axis=1, q=q)
-    np.testing.assert_allclose(out1, _np_stat(np.swapaxes(w, 0, 1).reshape(4, -1), stat_type, 1, q), rtol=1e-12)
+    np.testing.assert_allclose(
+        out1, _np_stat(np.swapaxes(w, 0, 1).reshape(4, -1), stat_type, 1, q), rtol=1e-12
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

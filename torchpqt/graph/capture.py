@@ -82,20 +82,35 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.E
     errors = []
     wide_args, wide_kwargs = _widen_batch(args), _widen_batch(kwargs)
     attempts = [(wide_args, wide_kwargs, False), (args, kwargs, False), (wide_args, wide_kwargs, True)]
+    noisy = logging.getLogger("torch._export.non_strict_utils")
+    level = noisy.level
+    noisy.setLevel(logging.ERROR)  # "0/1 specialized" notes for Dim.AUTO dimensions are expected here
+    try:
+        return _try_exports(model, attempts, errors)
+    finally:
+        noisy.setLevel(level)
+
+
+def _try_exports(model, attempts, errors):
     for a, k, strict in attempts:
         try:
             return torch.export.export(model, a, k, dynamic_shapes=_dynamic_shapes(model, a, k), strict=strict)
         except Exception as exc:  # noqa: BLE001 - every failure is reported below
             errors.append(exc)
             logger.debug("torch.export (strict=%s) failed: %s", strict, exc)
+    try:  # fallback: torch.fx symbolic tracing resolves Python-level structure, export then lowers it
+        traced = fx.symbolic_trace(model)
+        a, k = attempts[0][:2]
+        return torch.export.export(traced, a, k, dynamic_shapes=_dynamic_shapes(traced, a, k), strict=False)
+    except Exception as exc:  # noqa: BLE001
+        logger.debug("torch.fx symbolic_trace fallback failed: %s", exc)
     first = errors[0]
     raise CaptureError(
         f"could not capture {type(model).__name__} with torch.export: {type(first).__name__}: "
         f"{str(first).strip().splitlines()[0] if str(first).strip() else ''}\n"
         f"  failing code: {_user_frame(first)}\n"
-        "  fix: make forward() traceable (no data-dependent Python control flow on tensor values, no "
-        "non-tensor outputs that depend on data), or pass the traceable submodule to prepare() and "
-        "list untraceable parts in ignored.scope") from first
+        "  fix: make forward() traceable: no Python control flow on tensor values (use torch.where or "
+        "torch.cond), no data-dependent output structure; or quantize the traceable submodule alone") from first
 
 
 def capture(model: torch.nn.Module, example_inputs) -> fx.GraphModule:

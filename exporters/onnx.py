@@ -1,0 +1,286 @@
+"""Export a fake-quantized torch model to ONNX.
+
+Every ``torchpqt.FakeQuantize`` (the custom op ``torchpqt::fake_quantize``) becomes one ONNX node
+``FakeQuantize`` in domain ``org.openvinotoolkit`` (attribute ``levels``; the four ranges as
+broadcastable initializers), which OpenVINO's ONNX frontend reads as opset1 FakeQuantize.
+``format="qdq"`` writes QuantizeLinear/DequantizeLinear pairs instead, only where they are the
+same grid, and raises :class:`~torchpqt.errors.ExportError` naming the FakeQuantize otherwise.
+
+The dynamo exporter (``torch.export`` + onnxscript) is used; the TorchScript exporter is only a
+fallback for models ``torch.export`` cannot capture.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from torchpqt.errors import ExportError
+
+__all__ = ["export", "export_proto", "OV_DOMAIN"]
+
+logger = logging.getLogger("torchpqt")
+
+OV_DOMAIN = "org.openvinotoolkit"
+_OP = torch.ops.torchpqt.fake_quantize.default
+_MAX_PROTO_BYTES = 1_800_000_000  # below protobuf's 2 GiB limit; larger models use external data
+_ZP_TOLERANCE = 1e-3  # a POT-aligned zero point, stored through f32 ranges, is this close to an integer
+
+
+def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, opset: int | None = None,
+           format: str = "fakequantize", dynamic_batch: bool = True) -> Path:
+    """Exports ``qmodel`` to an ONNX file.
+
+    Args:
+        qmodel: a torch module (or ``torch.fx.GraphModule``) whose quantization points are
+            ``torchpqt.FakeQuantize`` modules or ``torch.ops.torchpqt.fake_quantize`` calls.
+        example_inputs: a tensor, a tuple/list of positional inputs, or a dict of keyword inputs.
+        path: the ``.onnx`` file to write (parent folders are created).
+        opset: default-domain ONNX opset; None lets torch choose.
+        format: ``"fakequantize"`` (OpenVINO FakeQuantize nodes) or ``"qdq"``
+            (QuantizeLinear/DequantizeLinear, only where exactly equivalent).
+        dynamic_batch: make dim 0 of every tensor input dynamic; falls back to static shapes
+            (with a warning) when the model was captured with a fixed batch.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ExportError: the model cannot be exported, or a FakeQuantize has no exact QDQ form.
+    """
+    if format not in ("fakequantize", "qdq"):
+        raise ExportError(f"torchpqt.exporters.onnx: format must be 'fakequantize' or 'qdq', got {format!r}")
+    proto = export_proto(qmodel, example_inputs, opset=opset, dynamic_batch=dynamic_batch)
+    if format == "qdq":
+        proto = _to_qdq(proto)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    large = proto.ByteSize() > _MAX_PROTO_BYTES
+    onnx.save_model(proto, str(path), save_as_external_data=large,
+                    location=path.name + ".data" if large else None)
+    logger.info("torchpqt: wrote ONNX model %s (%d FakeQuantize nodes)", path,
+                sum(n.op_type == "FakeQuantize" for n in proto.graph.node))
+    return path
+
+
+def export_proto(qmodel: torch.nn.Module, example_inputs: Any, *, opset: int | None = None,
+                 dynamic_batch: bool = True) -> onnx.ModelProto:
+    """Like :func:`export` with ``format="fakequantize"``, returning the in-memory ModelProto."""
+    args, kwargs = _normalize_inputs(example_inputs)
+    was_training = qmodel.training
+    qmodel.eval()  # export the inference graph; the user's flag is restored below
+    try:
+        return _export_any(qmodel, args, kwargs, opset, dynamic_batch)
+    finally:
+        qmodel.train(was_training)
+
+
+def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    raise ExportError("torchpqt.exporters: example_inputs must be a tensor, a tuple/list of inputs or a "
+                      f"dict of keyword inputs, got {type(example_inputs).__name__}")
+
+
+def _batch_dims(value: Any) -> Any:
+    from torch.export import Dim
+
+    return {0: Dim.DYNAMIC} if isinstance(value, torch.Tensor) and value.dim() > 0 else None
+
+
+def _export_any(model, args, kwargs, opset, dynamic_batch) -> onnx.ModelProto:
+    attempts = [True, False] if dynamic_batch else [False]
+    errors = []
+    for dynamic in attempts:
+        try:
+            return _export_dynamo(model, args, kwargs, opset, dynamic)
+        except Exception as exc:  # torch raises many types here; we report them all below
+            errors.append(f"dynamo ({'dynamic' if dynamic else 'static'} batch): {_first_line(exc)}")
+            if dynamic:
+                logger.warning("torchpqt: export with a dynamic batch failed (%s); retrying with static "
+                               "shapes", _first_line(exc))
+    try:
+        logger.warning("torchpqt: torch.export could not capture the model; falling back to the "
+                       "TorchScript ONNX exporter")
+        return _export_torchscript(model, args, kwargs, opset, dynamic_batch)
+    except Exception as exc:
+        errors.append(f"torchscript: {_first_line(exc)}")
+    raise ExportError("torchpqt.exporters.onnx: could not export the model to ONNX; make it capturable by "
+                      "torch.export (see its error below) or pass example_inputs that match forward().\n  "
+                      + "\n  ".join(errors))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip() and "Refer to the full stack" not in ln]
+    summary = [ln for ln in lines if ln.startswith("<class")]
+    return (summary[-1] if summary else lines[0] if lines else type(exc).__name__)[:500]
+
+
+def _fake_quantize_translation():
+    """onnxscript translation of the custom op to one org.openvinotoolkit FakeQuantize node."""
+    from onnx.defs import OpSchema
+    from onnxscript import values
+
+    ranges = ("X", "input_low", "input_high", "output_low", "output_high")
+    schema = OpSchema("FakeQuantize", OV_DOMAIN, 1,
+                      inputs=[OpSchema.FormalParameter(n, "T") for n in ranges],
+                      outputs=[OpSchema.FormalParameter("Y", "T")],
+                      type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float tensors")],
+                      attributes=[OpSchema.Attribute("levels", OpSchema.AttrType.INT, "quantization levels")])
+    op = values.Op(values.Opset(OV_DOMAIN, 1), "FakeQuantize", schema)
+
+    def fake_quantize(x, input_low, input_high, output_low, output_high, levels: int):
+        return op(x, input_low, input_high, output_low, output_high, levels=levels)
+
+    return fake_quantize
+
+
+def _export_dynamo(model, args, kwargs, opset, dynamic) -> onnx.ModelProto:
+    dynamic_shapes = None
+    if dynamic:
+        dynamic_shapes = {k: _batch_dims(v) for k, v in kwargs.items()} if kwargs else \
+            tuple(_batch_dims(a) for a in args)
+    # torch.onnx reports progress on stdout; a library must not print, so it goes to the log
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, verbose=False,
+                                    opset_version=opset, dynamic_shapes=dynamic_shapes,
+                                    custom_translation_table={_OP: _fake_quantize_translation()})
+    logger.debug("torch.onnx: %s", out.getvalue().strip())
+    return program.model_proto
+
+
+def _torchscript_symbolic(g, x, input_low, input_high, output_low, output_high, levels):
+    from torch.onnx import symbolic_helper
+
+    y = g.op(f"{OV_DOMAIN}::FakeQuantize", x, input_low, input_high, output_low, output_high,
+             levels_i=symbolic_helper._maybe_get_const(levels, "i"))
+    y.setType(x.type())  # the exporter needs the shape of what feeds Conv/MatMul
+    return y
+
+
+def _export_torchscript(model, args, kwargs, opset, dynamic_batch) -> onnx.ModelProto:
+    torch.onnx.register_custom_op_symbolic("torchpqt::fake_quantize", _torchscript_symbolic, 9)
+    if kwargs:
+        raise ExportError("torchpqt.exporters.onnx: the TorchScript fallback takes positional inputs only")
+    names = [f"input_{i}" for i in range(len(args))]
+    dynamic_axes = {n: {0: "batch"} for n, a in zip(names, args)
+                    if dynamic_batch and isinstance(a, torch.Tensor) and a.dim() > 0}
+    buffer = io.BytesIO()
+    torch.onnx.export(model, args, buffer, dynamo=False, input_names=names, dynamic_axes=dynamic_axes,
+                      opset_version=opset or 17, custom_opsets={OV_DOMAIN: 1})
+    return onnx.load_from_string(buffer.getvalue())
+
+
+# ------------------------------------------------------------------------------------------- QDQ
+
+
+def fake_quantize_name(node: onnx.NodeProto) -> str:
+    """The torch module path of the FakeQuantize an ONNX node came from (best effort)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = [s for s in ast.literal_eval(prop.value)[:-1] if s]
+            if scopes:
+                return ".".join(scopes)
+    parts = [p for p in node.name.split("/") if p][:-1]  # TorchScript: "/layer1/fq/FakeQuantize"
+    if parts:
+        return ".".join(parts)
+    input_low = node.input[1]
+    return input_low.rsplit(".", 1)[0] if "." in input_low else node.name
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _qdq_params(name, x, il, ih, ol, oh, levels) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(scale, zero_point, axis) of the QDQ pair that has exactly the FakeQuantize's grid."""
+    def fail(why: str) -> ExportError:
+        return ExportError(f"torchpqt.exporters.onnx: FakeQuantize '{name}' has no exact QDQ form: {why}; "
+                           "export with format='fakequantize'")
+    if not (np.array_equal(*np.broadcast_arrays(il, ol)) and np.array_equal(*np.broadcast_arrays(ih, oh))):
+        raise fail("its output range differs from its input range (saturation fix or overflow correction)")
+    il64, ih64 = il.astype(np.float64), ih.astype(np.float64)
+    if levels == 256:
+        scale = ((ih - il) / np.float32(255)).astype(np.float32)
+        zero_point = -il64 / scale.astype(np.float64)
+        if np.abs(zero_point - np.round(zero_point)).max() > _ZP_TOLERANCE:
+            raise fail(f"zero point {zero_point.ravel()[:4]} is not an integer")
+        zp = np.round(zero_point)
+        if zp.min() < 0 or zp.max() > 255:
+            raise fail("its range does not contain zero, so the zero point leaves [0, 255]")
+        zp = zp.astype(np.uint8)
+    elif levels == 255:
+        if not np.array_equal(il64, -ih64):
+            raise fail("255 levels are exact in int8 only for a symmetric range (input_low == -input_high)")
+        if x is None or np.any(x < il) or np.any(x > ih):
+            raise fail("with 255 levels QuantizeLinear could emit code -128, which the FakeQuantize never "
+                       "does; only a constant weight inside its range is exact")
+        scale = (ih / np.float32(127)).astype(np.float32)
+        zp = np.zeros(scale.shape, np.int8)
+    else:
+        raise fail(f"levels={levels}; QDQ has 256-level (uint8) and 255-level symmetric (int8) grids only")
+    axes = [i for i, d in enumerate(scale.shape) if d > 1]
+    if len(axes) > 1:
+        raise fail(f"its ranges vary along more than one axis {scale.shape}")
+    if not axes:
+        return scale.reshape(()), zp.reshape(()), None
+    return scale.reshape(-1), zp.reshape(-1), axes[0]
+
+
+def _to_qdq(proto: onnx.ModelProto) -> onnx.ModelProto:
+    graph, consts = proto.graph, _constants(proto.graph)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info]}
+    ranks.update({k: v.ndim for k, v in consts.items()})
+    new_nodes, new_inits = [], []
+    for node in graph.node:
+        if node.op_type != "FakeQuantize" or node.domain != OV_DOMAIN:
+            new_nodes.append(node)
+            continue
+        name = fake_quantize_name(node)
+        missing = [i for i in node.input[1:] if i not in consts]
+        if missing:
+            raise ExportError(f"torchpqt.exporters.onnx: FakeQuantize '{name}' has non-constant ranges {missing}; "
+                              "QDQ needs constant scales")
+        levels = next(a.i for a in node.attribute if a.name == "levels")
+        il, ih, ol, oh = (consts[i].astype(np.float32) for i in node.input[1:])
+        scale, zp, axis = _qdq_params(name, consts.get(node.input[0]), il, ih, ol, oh, levels)
+        if axis is not None:  # ranges broadcast right-aligned against x
+            axis += ranks.get(node.input[0], il.ndim) - il.ndim
+        prefix = f"{name}.qdq"
+        new_inits += [numpy_helper.from_array(scale, prefix + "_scale"),
+                      numpy_helper.from_array(zp, prefix + "_zero_point")]
+        extra = {"axis": axis} if axis is not None else {}
+        quantized = prefix + "_quantized"
+        new_nodes.append(helper.make_node("QuantizeLinear", [node.input[0], prefix + "_scale", prefix + "_zero_point"],
+                                          [quantized], name=prefix + "/QuantizeLinear", **extra))
+        new_nodes.append(helper.make_node("DequantizeLinear", [quantized, prefix + "_scale", prefix + "_zero_point"],
+                                          list(node.output), name=prefix + "/DequantizeLinear", **extra))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    kept_opsets = [o for o in proto.opset_import if o.domain != OV_DOMAIN]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept_opsets)
+    return proto

@@ -1,0 +1,92 @@
+"""End to end on real data and a real architecture: a CNN trained on sklearn's digits, and a
+HuggingFace BERT built from a small BertConfig (nothing downloaded)."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import torchpqt
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        x = F.relu(self.dw(x)) + x
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    sklearn = pytest.importorskip("sklearn.datasets")
+    digits = sklearn.load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(digits.target)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(x), generator=g)
+    train, test = perm[:1400], perm[1400:]
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(12):
+        for idx in train[torch.randperm(len(train), generator=g)].split(64):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval(), x[train], x[test], y[test]
+
+
+def _accuracy(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item() * 100
+
+
+def test_digits_cnn_fake_quant_accuracy_drop_is_at_most_half_a_point(digits_model):
+    model, x_train, x_test, y_test = digits_model
+    fp32 = _accuracy(model, x_test, y_test)
+    assert fp32 > 90, f"the FP32 model did not train ({fp32:.1f} %)"
+    calib = [x_train[i:i + 1] for i in range(300)]
+    q = torchpqt.quantize(model, calib, {"preset": "performance", "stat_subset_size": 300}, progress=False)
+    drop = fp32 - _accuracy(q, x_test, y_test)
+    assert drop <= 0.5, f"fp32 {fp32:.2f} %, int8 drop {drop:.2f} points"
+    assert sum(isinstance(m, torchpqt.FakeQuantize) for m in q.modules()) >= 8
+
+
+def test_bert_with_attention_mask_quantizes_and_int_inputs_stay_float_free():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    data = []
+    for _ in range(6):
+        mask = torch.ones(1, 10, dtype=torch.long)
+        mask[0, torch.randint(5, 10, (1,), generator=g).item():] = 0  # padded tail
+        data.append({"input_ids": torch.randint(0, 120, (1, 10), generator=g), "attention_mask": mask})
+    q = torchpqt.quantize(model, data, {"preset": "mixed", "model_type": "transformer"}, progress=False)
+    plan = q.torchpqt_plan
+    for p in plan.points:
+        val = p.site.tensor.meta.get("val")
+        assert p.site.tensor.op != "placeholder", f"{p.name} quantizes a network input (ids / mask)"
+        assert val is None or val.dtype.is_floating_point, p.name
+    act_matmul = [p for p in plan.points if p.site.act_matmul]
+    assert act_matmul and all(p.spec.mode == "symmetric" for p in act_matmul)
+    with torch.no_grad():
+        ref = model(**data[0]).last_hidden_state
+        out = q(**data[0]).last_hidden_state
+    assert torch.nn.functional.cosine_similarity(ref.flatten(), out.flatten(), dim=0) > 0.99
+    # a different sequence length still runs (dynamic shapes)
+    longer = {"input_ids": torch.randint(0, 120, (2, 14), generator=g), "attention_mask": torch.ones(2, 14,
+                                                                                                     dtype=torch.long)}
+    assert q(**longer).last_hidden_state.shape == (2, 14, 32)

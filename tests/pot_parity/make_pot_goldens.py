@@ -1,0 +1,282 @@
+"""Record what the real POT 2023.3 DefaultQuantization does on the test models (tests/models.py).
+
+Writes one JSON file per case to tests/data/pot/: the params, how the data was made, the FakeQuantize
+dump of the shared reference runner (levels, il/ih/ol/oh, producer, consumers) and, for every FQ, the
+consumer edges it feeds, each mapped to a torch op key ``[module path, op type, occurrence]`` that
+tests/graph/test_pot_parity.py can find again in the graph torchpqt captures.
+
+Run it with the normal Python (torch, onnx) of the repository; it calls POT's interpreter for the POT
+part only:
+
+    POT_PYTHON=<pot-venv>/bin/python python tests/pot_parity/make_pot_goldens.py [CASE_ID ...]
+
+Options (or environment variables):
+    --pot-python / POT_PYTHON        interpreter with openvino-dev==2023.3.0 (required)
+    --pot-reference / POT_REFERENCE  the shared runner pot_reference.py
+                                     (default: ../shared/tools/pot_reference/pot_reference.py next to the repo)
+    --out                            output folder (default: tests/data/pot)
+    --list                           print the case ids and exit
+
+Pipeline per case: build the seeded model, take ``calibration_data(model, n)``, export the FP32 model with
+``torch.onnx.export(dynamo=False, opset_version=13)`` (opset 13: OpenVINO 2023.3 turns the exported
+LayerNorm into MVN→Multiply→Add and the erf GELU into Gelu, as spec §0.1 describes; opset 17's
+LayerNormalization would be spelled out op by op), save the data as npz keyed by ONNX input names, run
+pot_reference.py through pot_f32.py (FP32 CPU inference, see there), and parse the saved quantized IR for
+the exact consumer ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent
+REPO = TESTS.parent
+sys.path[:0] = [str(TESTS), str(HERE)]
+
+import models  # noqa: E402  (tests/models.py)
+from keys import assign_keys, leaf_modules, norm_type  # noqa: E402  (tests/pot_parity/keys.py)
+
+OPSET = 13
+N_SAMPLES = 12  # calibration_data(model, N_SAMPLES); stat_subset_size picks the first 10
+BASE = {"target_device": "CPU", "preset": "performance", "stat_subset_size": 10}
+
+_SKIP_TYPES = {"Const", "Parameter", "Result", "FakeQuantize"}
+
+def _params(**over) -> dict:
+    return {**BASE, **over}
+
+
+def cases() -> dict[str, tuple[str, dict]]:
+    """case id -> (model name, POT params)."""
+    out: dict[str, tuple[str, dict]] = {}
+    for model in ("tiny_cnn", "small_transformer"):
+        out[f"{model}-cpu-performance"] = (model, _params())
+        out[f"{model}-cpu-mixed"] = (model, _params(preset="mixed"))
+        out[f"{model}-any-performance"] = (model, _params(target_device="ANY"))
+        out[f"{model}-gpu-performance"] = (model, _params(target_device="GPU"))
+    out["small_transformer-cpu-transformer-performance"] = (
+        "small_transformer", _params(model_type="transformer"))
+    out["small_transformer-cpu-transformer-mixed"] = (
+        "small_transformer", _params(model_type="transformer", preset="mixed"))
+    out["tiny_cnn-cpu-performance-quantile"] = ("tiny_cnn", _params(range_estimator={"preset": "quantile"}))
+    out["tiny_cnn-cpu-mixed-quantile"] = (
+        "tiny_cnn", _params(preset="mixed", range_estimator={"preset": "quantile"}))
+    out["tiny_cnn-cpu-performance-inplace"] = ("tiny_cnn", _params(inplace_statistics=True))
+    for model in ("concat_conv", "eltwise_const", "const_fusion", "preproc_scale_shift", "preproc_sub_mul",
+                  "matmul_const", "conv_transpose", "grouped_conv"):
+        out[f"{model}-cpu-performance"] = (model, _params())
+    out["concat_conv-cpu-mixed"] = ("concat_conv", _params(preset="mixed"))
+    return out
+
+
+# --- ONNX side ----------------------------------------------------------------------------------------
+
+
+def input_names(model_name: str) -> list[str]:
+    return ["input_ids"] if models.MODELS[model_name][1][0] == "ids" else ["input"]
+
+
+def export_onnx(model_name: str, path: Path) -> None:
+    model = models.build(model_name)
+    example = models.example_input(model_name)
+    with torch.no_grad():
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=input_names(model_name), output_names=["output"])
+
+
+def module_of(onnx_name: str, modules: set[str]) -> str:
+    """``/stem/stem.0/Conv`` -> ``stem.0``; ``/attn/q/MatMul`` -> ``attn.q``; ``/Add`` -> ``''``.
+
+    The TorchScript exporter writes one scope per module level, sometimes relative (``q``), sometimes the
+    full dotted path (``stem.0``, for Sequential children)."""
+    parts = [p for p in onnx_name.split("/") if p][:-1]
+    path = ""
+    for p in parts:
+        cand = p if (not path or p.startswith(path + ".")) else f"{path}.{p}"
+        if cand in modules:
+            path = cand
+    return path
+
+
+def onnx_nodes(path: Path, model_name: str) -> list[dict]:
+    import onnx
+
+    modules = {n for n, _ in models.build(model_name).named_modules() if n}
+    graph = onnx.load(str(path)).graph
+    return [{"name": n.name, "op_type": n.op_type, "module": module_of(n.name, modules),
+             "outputs": list(n.output)} for n in graph.node]
+
+
+# --- IR side ------------------------------------------------------------------------------------------
+
+
+def read_ir(xml_path: Path) -> tuple[dict, list]:
+    """layers {id: (name, type)} and edges [(from_id, to_id, to_port)] of an IR; to_port counts inputs."""
+    root = ET.parse(xml_path).getroot()
+    layers = {lay.get("id"): (lay.get("name"), lay.get("type")) for lay in root.iter("layer")}
+    inputs_of = {lay.get("id"): [p.get("id") for p in lay.findall("./input/port")] for lay in root.iter("layer")}
+    edges = []
+    for e in root.iter("edge"):
+        to, port = e.get("to-layer"), e.get("to-port")
+        edges.append((e.get("from-layer"), to, inputs_of[to].index(port)))
+    return layers, edges
+
+
+def ov_keys(layers: dict, edges: list, nodes: list[dict], leaves: dict[str, str]) -> dict[str, dict]:
+    """Map each IR op (by name) to its ONNX node and a torch op key (tests/pot_parity/keys.py).
+
+    OpenVINO names an op after its ONNX node (``/res_a/Conv/WithoutBiases`` for the bias-less part of
+    a Conv) or after the ONNX output tensor (``output``); ops the converter creates itself get generated
+    names (``ConvolutionBackpropData_2349``, ``Multiply_1226``) and are mapped, when they feed a bias Add,
+    to that Add's ONNX node; otherwise they have no torch counterpart (key None)."""
+    by_name = {n["name"]: i for i, n in enumerate(nodes)}
+    by_output = {o: i for i, n in enumerate(nodes) for o in n["outputs"]}
+    consumers: dict[str, list[str]] = {}
+    input0: dict[str, str] = {}
+    for src, dst, port in edges:
+        consumers.setdefault(src, []).append(dst)
+        if port == 0:
+            input0[dst] = src
+
+    def direct(name: str) -> int | None:
+        for cand in (name, name.removesuffix("/WithoutBiases")):
+            if cand in by_name:
+                return by_name[cand]
+            if cand in by_output:
+                return by_output[cand]
+        return None
+
+    onnx_idx = {lid: direct(name) for lid, (name, _) in layers.items()}
+    for lid, (name, t) in layers.items():
+        if onnx_idx[lid] is None and t not in _SKIP_TYPES:
+            outs = consumers.get(lid, [])
+            if len(outs) == 1 and layers[outs[0]][1] == "Add" and onnx_idx[outs[0]] is not None \
+                    and nodes[onnx_idx[outs[0]]]["op_type"] in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+                onnx_idx[lid] = onnx_idx[outs[0]]
+    params = sorted((int(lid) for lid, (_, t) in layers.items() if t == "Parameter"))
+    ops = [lid for lid, (_, t) in layers.items() if t not in _SKIP_TYPES or t == "Parameter"]
+    order = sorted(ops, key=lambda lid: (onnx_idx[lid] if onnx_idx[lid] is not None else -1, int(lid)))
+    key_of = assign_keys(
+        order,
+        module_of=lambda lid: nodes[onnx_idx[lid]]["module"] if onnx_idx[lid] is not None else None,
+        type_of=lambda lid: norm_type(layers[lid][1]),
+        input0_of=lambda lid: input0.get(lid),
+        is_input=lambda lid: params.index(int(lid)) if layers[lid][1] == "Parameter" else None,
+        leaves=leaves)
+    return {name: {"type": t, "onnx_node": nodes[onnx_idx[lid]]["name"] if onnx_idx[lid] is not None else None,
+                   "key": key_of.get(lid)}
+            for lid, (name, t) in layers.items() if lid in key_of}
+
+
+def fq_edges(dump: dict, layers: dict, edges: list, ov: dict) -> None:
+    """Add to each FQ of ``dump`` its producer key and the consumer edges it feeds (OV op name, type,
+    input port, torch key). POT's own consumer list decides which ops; the IR gives the ports (a weights
+    FQ of a depthwise conv feeds a Reshape in the saved IR: its port comes from the FQ name)."""
+    by_name = {name: lid for lid, (name, _) in layers.items()}
+    ports: dict[tuple[str, str], list[int]] = {}
+    for src, dst, port in edges:
+        ports.setdefault((layers[src][0], layers[dst][0]), []).append(port)
+    for fq_name, rec in dump.items():
+        out = []
+        for c in rec["consumers"]:
+            cname, ctype = c.rsplit(":", 1)
+            found = ports.get((fq_name, cname))
+            if not found and fq_name.startswith(cname + "/fq_"):
+                found = [int(fq_name.rsplit("_", 1)[1])]
+            for port in found or [None]:
+                info = ov.get(cname, {})
+                out.append({"consumer": cname, "type": info.get("type", ctype), "port": port,
+                            "key": info.get("key")})
+        rec["edges"] = sorted(out, key=lambda e: (e["consumer"], e["port"] if e["port"] is not None else -1))
+        pname = rec["producer"].rsplit(":", 1)[0]
+        rec["producer_key"] = None if rec["weights"] else ov.get(pname, {}).get("key")
+        assert pname in by_name or rec["weights"], pname
+
+
+# --- one case -----------------------------------------------------------------------------------------
+
+
+def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_reference: str,
+             out_dir: Path) -> Path:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        onnx_path = tmp / "model.onnx"
+        export_onnx(model_name, onnx_path)
+        data = models.calibration_data(model_name, N_SAMPLES)
+        names = input_names(model_name)
+        np.savez(tmp / "data.npz", **{names[0]: torch.cat(data).numpy()})
+        (tmp / "params.json").write_text(json.dumps(params))
+        cmd = [pot_python, str(HERE / "pot_f32.py"), pot_reference, str(onnx_path), str(tmp / "data.npz"),
+               str(tmp / "params.json"), str(tmp / "dump.json"), "--save-ir", str(tmp / "ir")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{case_id}: POT failed\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        dump = json.loads((tmp / "dump.json").read_text())
+        nodes = onnx_nodes(onnx_path, model_name)
+        layers, edges = read_ir(tmp / "ir" / "pot_quantized.xml")
+        ov = ov_keys(layers, edges, nodes, leaf_modules(models.build(model_name)))
+        fq_edges(dump, layers, edges, ov)
+    used = {e["consumer"] for rec in dump.values() for e in rec["edges"]}
+    used |= {rec["producer"].rsplit(":", 1)[0] for rec in dump.values()}
+    record = {
+        "case": case_id,
+        "model": model_name,
+        "params": params,
+        "data": {"source": "tests/models.py calibration_data(model, n, seed=0)", "n": N_SAMPLES, "seed": 0,
+                 "npz_keys": names},
+        "onnx": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET, "torch": torch.__version__},
+        "pot": {"version": "openvino-dev 2023.3.0", "runner": "shared/tools/pot_reference/pot_reference.py",
+                "inference_precision": "f32 (tests/pot_parity/pot_f32.py)"},
+        "key_format": "tests/pot_parity/keys.py",
+        "ov_nodes": {k: v for k, v in ov.items() if k in used},
+        "onnx_nodes": [[n["name"], n["op_type"], n["module"]] for n in nodes if n["op_type"] != "Constant"],
+        "fake_quantize": dump,
+    }
+    path = out_dir / f"{case_id}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cases", nargs="*", help="case ids (default: all)")
+    ap.add_argument("--pot-python", default=os.environ.get("POT_PYTHON"))
+    ap.add_argument("--pot-reference", default=os.environ.get(
+        "POT_REFERENCE", str(REPO.parent / "shared" / "tools" / "pot_reference" / "pot_reference.py")))
+    ap.add_argument("--out", default=str(TESTS / "data" / "pot"))
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args(argv)
+    table = cases()
+    if args.list:
+        print("\n".join(table))
+        return 0
+    if not args.pot_python:
+        ap.error("give the POT 2023.3 interpreter with --pot-python or POT_PYTHON")
+    if not Path(args.pot_reference).is_file():
+        ap.error(f"pot_reference.py not found at {args.pot_reference}; pass --pot-reference")
+    unknown = [c for c in args.cases if c not in table]
+    if unknown:
+        ap.error(f"unknown case ids {unknown}; see --list")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for case_id in args.cases or table:
+        model_name, params = table[case_id]
+        path = run_case(case_id, model_name, params, args.pot_python, args.pot_reference, out_dir)
+        print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: "
+              f"{len(json.loads(path.read_text())['fake_quantize'])} FakeQuantize")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
