@@ -76,12 +76,23 @@ def export_proto(qmodel: torch.nn.Module, example_inputs: Any, *, opset: int | N
                  dynamic_batch: bool = True) -> onnx.ModelProto:
     """Like :func:`export` with ``format="fakequantize"``, returning the in-memory ModelProto."""
     args, kwargs = _normalize_inputs(example_inputs)
-    was_training = qmodel.training
-    qmodel.eval()  # export the inference graph; the user's flag is restored below
-    try:
+    with eval_mode(qmodel):
         return _export_any(qmodel, args, kwargs, opset, dynamic_batch)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Runs a block with ``model`` in eval mode and restores the user's flag afterwards."""
+    was_training = model.training
+    try:
+        model.eval()
+    except NotImplementedError:  # torch.export's .module() has no train/eval switch; it is fixed
+        yield model
+        return
+    try:
+        yield model
     finally:
-        qmodel.train(was_training)
+        model.train(was_training)
 
 
 def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:

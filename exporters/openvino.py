@@ -184,13 +184,8 @@ def _run_openvino(compiled: ov.CompiledModel, args: tuple, kwargs: dict) -> list
 
 
 def _run_torch(qmodel: torch.nn.Module, args: tuple, kwargs: dict) -> list[np.ndarray]:
-    was_training = qmodel.training
-    qmodel.eval()
-    try:
-        with torch.no_grad():
-            out = qmodel(*args, **kwargs)
-    finally:
-        qmodel.train(was_training)
+    with onnx_export.eval_mode(qmodel), torch.no_grad():
+        out = qmodel(*args, **kwargs)
     leaves = torch.utils._pytree.tree_leaves(out)
     return [t.detach().cpu().float().numpy() for t in leaves if isinstance(t, torch.Tensor)]
 

@@ -16,7 +16,7 @@ ov = pytest.importorskip("openvino")
 from torchpqt.exporters import onnx as onnx_export  # noqa: E402
 
 pytestmark = pytest.mark.openvino
-ZOO_FQ_CALLS = 14  # fq_v is applied twice
+ZOO_FQ_CALLS = 12  # 13 calls; the two identical fq_v(v) calls are merged by the ONNX optimizer
 
 
 def _fq_nodes(proto):

@@ -164,6 +164,10 @@ def ov_keys(layers: dict, edges: list, nodes: list[dict], leaves: dict[str, str]
             if len(outs) == 1 and layers[outs[0]][1] == "Add" and onnx_idx[outs[0]] is not None \
                     and nodes[onnx_idx[outs[0]]]["op_type"] in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
                 onnx_idx[lid] = onnx_idx[outs[0]]
+    for dst, src in list(input0.items()):
+        while layers[src][1] == "FakeQuantize" and src in input0:
+            src = input0[src]  # look through the FQs POT inserted
+        input0[dst] = src
     params = sorted((int(lid) for lid, (_, t) in layers.items() if t == "Parameter"))
     ops = [lid for lid, (_, t) in layers.items() if t not in _SKIP_TYPES or t == "Parameter"]
     order = sorted(ops, key=lambda lid: (onnx_idx[lid] if onnx_idx[lid] is not None else -1, int(lid)))

@@ -1,0 +1,139 @@
+"""Calibration cost of ``torchpqt.quantize()`` relative to plain FP32 inference.
+
+For each model, over the same calibration samples and batch size:
+  * ``fp32``: the plain model's forward passes (under no_grad),
+  * ``calibrate``: the prepared model's forward passes (observers collecting statistics),
+  * ``quantize``: the whole ``torchpqt.quantize()`` call (capture + calibration + convert).
+Times are medians of ``--repeat`` interleaved runs in one process; the ratios are what we report.
+Peak memory (resident set high-water mark) is measured in a fresh subprocess per step.
+
+    python benchmarks/calibration.py [--samples 300] [--batch 1] [--repeat 3] [--models cnn bert]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import torchpqt
+
+
+class ConvNet5M(nn.Module):
+    """A ~5M-parameter conv net (conv-bn-relu stages, residual adds, depthwise, linear head)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        chans = [3, 64, 128, 256, 512]
+        self.stages = nn.ModuleList()
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            self.stages.append(nn.ModuleDict({
+                "down": nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), "bn": nn.BatchNorm2d(cout),
+                "dw": nn.Conv2d(cout, cout, 3, padding=1, groups=cout), "pw": nn.Conv2d(cout, cout, 1)}))
+        self.fc = nn.Linear(512, 1000)
+
+    def forward(self, x):
+        for s in self.stages:
+            x = F.relu(s["bn"](s["down"](x)))
+            x = x + F.relu(s["pw"](F.relu(s["dw"](x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def build(name: str):
+    """(model, list of calibration samples with batch 1)."""
+    g = torch.Generator().manual_seed(0)
+    if name == "cnn":
+        return ConvNet5M().eval(), [torch.randn(1, 3, 96, 96, generator=g) for _ in range(1000)]
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                     intermediate_size=1024, max_position_embeddings=128)
+    torch.manual_seed(0)
+    data = [{"input_ids": torch.randint(0, 1000, (1, 64), generator=g),
+             "attention_mask": torch.ones(1, 64, dtype=torch.long)} for _ in range(1000)]
+    return BertModel(cfg).eval(), data
+
+
+def _call(model, item):
+    return model(**item) if isinstance(item, dict) else model(item)
+
+
+def _batches(data, batch):
+    out = []
+    for i in range(0, len(data), batch):
+        chunk = data[i:i + batch]
+        if isinstance(chunk[0], dict):
+            out.append({k: torch.cat([c[k] for c in chunk]) for k in chunk[0]})
+        else:
+            out.append(torch.cat(chunk))
+    return out
+
+
+def _config(samples: int, batch: int) -> dict:
+    return {"preset": "performance", "stat_subset_size": samples, "stat_batch_size": batch}
+
+
+def step(name: str, what: str, samples: int, batch: int) -> float:
+    model, data = build(name)
+    data = data[:samples]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if what == "fp32":
+            for b in _batches(data, batch):
+                _call(model, b)
+        elif what == "calibrate":
+            example = _batches(data[:1], 1)[0]
+            prepared = torchpqt.prepare(model, example, _config(samples, batch))
+            t0 = time.perf_counter()
+            for b in _batches(data, batch):
+                _call(prepared, b)
+        else:
+            torchpqt.quantize(model, data, _config(samples, batch), progress=False)
+    return time.perf_counter() - t0
+
+
+def _peak_rss_mib(name: str, what: str, samples: int, batch: int) -> float:
+    code = ("import sys, resource; sys.path.insert(0, 'benchmarks'); import calibration as c; "
+            f"c.step({name!r}, {what!r}, {samples}, {batch}); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["cnn", "bert"], choices=["cnn", "bert"])
+    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-memory", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    report = {}
+    for name in args.models:
+        times = {"fp32": [], "calibrate": [], "quantize": []}
+        for _ in range(args.repeat):  # interleaved
+            for what in times:
+                times[what].append(step(name, what, args.samples, args.batch))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = {"seconds": med, "calibrate/fp32": med["calibrate"] / med["fp32"],
+               "quantize/fp32": med["quantize"] / med["fp32"]}
+        if not args.no_memory:
+            row["peak_rss_mib"] = {w: _peak_rss_mib(name, w, args.samples, args.batch) for w in times}
+        report[name] = row
+        print(f"{name}: fp32 {med['fp32']:.2f}s  calibrate {med['calibrate']:.2f}s "
+              f"({row['calibrate/fp32']:.2f}x)  quantize {med['quantize']:.2f}s ({row['quantize/fp32']:.2f}x)"
+              + (f"  peak RSS MiB {row['peak_rss_mib']}" if "peak_rss_mib" in row else ""))
+    print(json.dumps({"samples": args.samples, "batch": args.batch, **report}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
