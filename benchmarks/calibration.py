@@ -27,18 +27,18 @@ import torchpqt
 
 
 class ConvNet5M(nn.Module):
-    """A ~5M-parameter conv net (conv-bn-relu stages, residual adds, depthwise, linear head)."""
+    """A 5.0M-parameter conv net (conv-bn-relu stages, residual adds, depthwise, linear head)."""
 
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        chans = [3, 64, 128, 256, 512]
+        chans = [3, 96, 192, 384, 768]
         self.stages = nn.ModuleList()
         for cin, cout in zip(chans[:-1], chans[1:]):
             self.stages.append(nn.ModuleDict({
                 "down": nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), "bn": nn.BatchNorm2d(cout),
                 "dw": nn.Conv2d(cout, cout, 3, padding=1, groups=cout), "pw": nn.Conv2d(cout, cout, 1)}))
-        self.fc = nn.Linear(512, 1000)
+        self.fc = nn.Linear(768, 1000)
 
     def forward(self, x):
         for s in self.stages:
