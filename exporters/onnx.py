@@ -16,6 +16,7 @@ import ast
 import contextlib
 import io
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from onnx import helper, numpy_helper
 
 from torchpqt.errors import ExportError
 
-__all__ = ["export", "export_proto", "OV_DOMAIN"]
+__all__ = ["OV_DOMAIN", "export", "export_proto"]
 
 logger = logging.getLogger("torchpqt")
 
@@ -118,7 +119,7 @@ def _export_any(model, args, kwargs, opset, dynamic_batch) -> onnx.ModelProto:
     for dynamic in attempts:
         try:
             return _export_dynamo(model, args, kwargs, opset, dynamic)
-        except Exception as exc:  # torch raises many types here; we report them all below
+        except Exception as exc:  # noqa: BLE001 -- torch raises many types here; all are reported below
             errors.append(f"dynamo ({'dynamic' if dynamic else 'static'} batch): {_first_line(exc)}")
             if dynamic:
                 logger.warning("torchpqt: export with a dynamic batch failed (%s); retrying with static "
@@ -127,7 +128,7 @@ def _export_any(model, args, kwargs, opset, dynamic_batch) -> onnx.ModelProto:
         logger.warning("torchpqt: torch.export could not capture the model; falling back to the "
                        "TorchScript ONNX exporter")
         return _export_torchscript(model, args, kwargs, opset, dynamic_batch)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- reported in the ExportError below
         errors.append(f"torchscript: {_first_line(exc)}")
     raise ExportError("torchpqt.exporters.onnx: could not export the model to ONNX; make it capturable by "
                       "torch.export (see its error below) or pass example_inputs that match forward().\n  "
@@ -167,7 +168,9 @@ def _export_dynamo(model, args, kwargs, opset, dynamic) -> onnx.ModelProto:
             tuple(_batch_dims(a) for a in args)
     # torch.onnx reports progress on stdout; a library must not print, so it goes to the log
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), warnings.catch_warnings():
+        # eval_mode() already switched what can be switched (torch.export's .module() cannot)
+        warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
         program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, verbose=False,
                                     opset_version=opset, dynamic_shapes=dynamic_shapes,
                                     custom_translation_table={_OP: _fake_quantize_translation()})

@@ -24,12 +24,16 @@ from typing import Any
 import numpy as np
 import openvino as ov
 import torch
-from openvino._offline_transformations import apply_moc_transformations, compress_quantize_weights_transformation
+from openvino._offline_transformations import (
+    apply_moc_transformations,
+    compress_quantize_weights_transformation,
+)
 
 from torchpqt.errors import ExportError
-from torchpqt.exporters import onnx as onnx_export
 
-__all__ = ["ExportReport", "export", "WEIGHTED_LAYER_TYPES"]
+from . import onnx as onnx_export  # relative: the folder exporters/ installs as torchpqt.exporters
+
+__all__ = ["WEIGHTED_LAYER_TYPES", "ExportReport", "export"]
 
 logger = logging.getLogger("torchpqt")
 

@@ -251,8 +251,9 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
         args, kwargs = first
         example_inputs = kwargs if kwargs and not args else args
     prepared = prepare(model, example_inputs, cfg)
-    total = cfg.stat_subset_size if cfg.stat_subset_size is not None else (
-        len(calibration_data) if hasattr(calibration_data, "__len__") else None)
+    total = len(calibration_data) if hasattr(calibration_data, "__len__") else None  # items, ~samples
+    if cfg.stat_subset_size is not None:
+        total = cfg.stat_subset_size if total is None else min(total, cfg.stat_subset_size)
 
     def all_batches():
         yield first

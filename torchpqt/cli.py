@@ -28,6 +28,7 @@ from torchpqt.cli_jsonc import CliError, read_jsonc
 from torchpqt.cli_logging import attach_log_file, setup_logging, teardown_logging
 from torchpqt.cli_model import forward_arg_names, load_model
 from torchpqt.cli_output import fake_quantize_ranges, make_layout, save_torch_model, write_report
+from torchpqt.config import DefaultQuantizationConfig
 from torchpqt.errors import TorchPQTError
 
 __all__ = ["QUICK_TEMPLATE", "build_parser", "main"]
@@ -132,8 +133,6 @@ def _export(qmodel: torch.nn.Module, example: tuple[Any, ...], xml: Path, cfg: C
 
 def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
     """Everything after argument parsing: config, model, data, quantize, export, report."""
-    from torchpqt.config import DefaultQuantizationConfig
-
     started = time.perf_counter()
     cfg = load_cli_config(args)
     qconfig = DefaultQuantizationConfig.from_pot_cli(cfg.compression, cfg.params)
@@ -150,13 +149,13 @@ def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
     qmodel = torchpqt.quantize(model, data, qconfig, example_inputs=example, target_device=qconfig.target_device,
                                progress=args.progress_bar or sys.stderr.isatty())
     t1 = time.perf_counter()
-    dump = save_torch_model(qmodel, example, layout.ir_dir, cfg.model.name) \
-        if cfg.compression.get("dump_intermediate_model") else None
+    dump = save_torch_model(qmodel, example, layout.ir_dir, cfg.model.name).name \
+        if qconfig.dump_intermediate_model else None
     t2 = time.perf_counter()
     check = _export(qmodel, example, layout.xml, cfg, args.keep_uncompressed_weights)
     t3 = time.perf_counter()
-    write_report(layout.ir_dir / "report.json", ir=layout.xml.name, torch_model=dump and dump.name,
-                 config=cfg.raw, quantization_config=qconfig, fake_quantize=fake_quantize_ranges(qmodel),
+    write_report(layout.ir_dir / "report.json", ir=layout.xml.name, torch_model=dump,
+                 config=cfg.raw, quantization_config=qconfig.to_dict(full=True), fake_quantize=fake_quantize_ranges(qmodel),
                  timings_s={"calibration": t1 - t0, "export": t3 - t2, "total": t3 - started},
                  export_check=check)
     logger.info("Saved %s (calibration %.1f s, export %.1f s)", layout.xml, t1 - t0, t3 - t2)

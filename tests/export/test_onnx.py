@@ -13,7 +13,7 @@ from torchpqt.quant.fake_quantize import FakeQuantize
 
 onnx = pytest.importorskip("onnx")
 ov = pytest.importorskip("openvino")
-from torchpqt.exporters import onnx as onnx_export  # noqa: E402
+from torchpqt.exporters import onnx as onnx_export
 
 pytestmark = pytest.mark.openvino
 ZOO_FQ_CALLS = 12  # 13 calls; the two identical fq_v(v) calls are merged by the ONNX optimizer

@@ -23,7 +23,8 @@ autograd formula is a straight-through estimator with gradients for the four ran
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -209,7 +210,7 @@ class FakeQuantize(nn.Module):
         return text
 
     @classmethod
-    def from_params(cls, p: Any, shape: Sequence[int] | None = None) -> "FakeQuantize":
+    def from_params(cls, p: Any, shape: Sequence[int] | None = None) -> FakeQuantize:
         """Builds a FakeQuantize from computed parameters (e.g. ``torchpqt.quant.params`` output).
 
         Args:
