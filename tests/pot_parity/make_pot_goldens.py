@@ -52,6 +52,9 @@ N_SAMPLES = 12  # calibration_data(model, N_SAMPLES); stat_subset_size picks the
 BASE = {"target_device": "CPU", "preset": "performance", "stat_subset_size": 10}
 
 _SKIP_TYPES = {"Const", "Parameter", "Result", "FakeQuantize"}
+_WEIGHTED_OV = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData",
+                "MatMul"}
+_WEIGHTED_ONNX = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 def _params(**over) -> dict:
     return {**BASE, **over}
@@ -115,7 +118,7 @@ def onnx_nodes(path: Path, model_name: str) -> list[dict]:
     modules = {n for n, _ in models.build(model_name).named_modules() if n}
     graph = onnx.load(str(path)).graph
     return [{"name": n.name, "op_type": n.op_type, "module": module_of(n.name, modules),
-             "outputs": list(n.output)} for n in graph.node]
+             "inputs": list(n.input), "outputs": list(n.output)} for n in graph.node]
 
 
 # --- IR side ------------------------------------------------------------------------------------------
@@ -157,13 +160,26 @@ def ov_keys(layers: dict, edges: list, nodes: list[dict], leaves: dict[str, str]
                 return by_output[cand]
         return None
 
+    producer_of = {o: i for i, n in enumerate(nodes) for o in n["outputs"]}
+
+    def weighted_upstream(i: int | None) -> int | None:
+        """The ONNX Conv/Gemm/MatMul a bias Add stands for: itself, or the one reached upward through
+        eltwise-with-constant nodes the converter folded into it (``conv(x) * gain``)."""
+        while i is not None:
+            if nodes[i]["op_type"] in _WEIGHTED_ONNX:
+                return i
+            if nodes[i]["op_type"] not in ("Mul", "Add", "Sub", "Div"):
+                return None
+            i = producer_of.get(nodes[i]["inputs"][0])
+        return None
+
     onnx_idx = {lid: direct(name) for lid, (name, _) in layers.items()}
     for lid, (name, t) in layers.items():
-        if onnx_idx[lid] is None and t not in _SKIP_TYPES:
+        if onnx_idx[lid] is None and t in _WEIGHTED_OV:
+            # a weighted op with a generated name: name it after the ONNX op its bias Add stands for
             outs = consumers.get(lid, [])
-            if len(outs) == 1 and layers[outs[0]][1] == "Add" and onnx_idx[outs[0]] is not None \
-                    and nodes[onnx_idx[outs[0]]]["op_type"] in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-                onnx_idx[lid] = onnx_idx[outs[0]]
+            if len(outs) == 1 and layers[outs[0]][1] == "Add" and onnx_idx[outs[0]] is not None:
+                onnx_idx[lid] = weighted_upstream(onnx_idx[outs[0]])
     for dst, src in list(input0.items()):
         while layers[src][1] == "FakeQuantize" and src in input0:
             src = input0[src]  # look through the FQs POT inserted

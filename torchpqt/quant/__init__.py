@@ -1,6 +1,10 @@
-"""Quantization math and the FakeQuantize module (OpenVINO opset1 semantics)."""
+"""Quantization math and the FakeQuantize module (OpenVINO opset1 semantics).
 
-from torchpqt.quant.fake_quantize import FakeQuantize, fake_quantize
+The functional form lives in :mod:`torchpqt.quant.fake_quantize` (``fake_quantize``); it is not
+re-exported here so that the name keeps meaning the submodule.
+"""
+
+from torchpqt.quant.fake_quantize import FakeQuantize
 from torchpqt.quant.spec import QuantSpec
 
-__all__ = ["FakeQuantize", "QuantSpec", "fake_quantize"]
+__all__ = ["FakeQuantize", "QuantSpec"]
