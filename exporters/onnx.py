@@ -25,6 +25,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+import torchpqt.quant.fake_quantize  # noqa: F401 -- registers torch.ops.torchpqt.fake_quantize
 from torchpqt.errors import ExportError
 
 __all__ = ["OV_DOMAIN", "export", "export_proto"]
@@ -68,7 +69,7 @@ def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, op
     large = proto.ByteSize() > _MAX_PROTO_BYTES
     onnx.save_model(proto, str(path), save_as_external_data=large,
                     location=path.name + ".data" if large else None)
-    logger.info("torchpqt: wrote ONNX model %s (%d FakeQuantize nodes)", path,
+    logger.info("wrote ONNX model %s (%d FakeQuantize nodes)", path,
                 sum(n.op_type == "FakeQuantize" for n in proto.graph.node))
     return path
 
@@ -122,10 +123,10 @@ def _export_any(model, args, kwargs, opset, dynamic_batch) -> onnx.ModelProto:
         except Exception as exc:  # noqa: BLE001 -- torch raises many types here; all are reported below
             errors.append(f"dynamo ({'dynamic' if dynamic else 'static'} batch): {_first_line(exc)}")
             if dynamic:
-                logger.warning("torchpqt: export with a dynamic batch failed (%s); retrying with static "
+                logger.warning("export with a dynamic batch failed (%s); retrying with static "
                                "shapes", _first_line(exc))
     try:
-        logger.warning("torchpqt: torch.export could not capture the model; falling back to the "
+        logger.warning("torch.export could not capture the model; falling back to the "
                        "TorchScript ONNX exporter")
         return _export_torchscript(model, args, kwargs, opset, dynamic_batch)
     except Exception as exc:  # noqa: BLE001 -- reported in the ExportError below
@@ -219,9 +220,13 @@ def fake_quantize_name(node: onnx.NodeProto) -> str:
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+    for node in graph.node:  # in topological order, so Identity chains resolve
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in values:  # TorchScript wraps shared ranges
+            values[node.output[0]] = values[node.input[0]]
     return values
 
 

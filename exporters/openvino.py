@@ -116,11 +116,11 @@ def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, ta
         model.set_friendly_name(type(qmodel).__name__)
         _set_rt_info(model, qmodel, target_device, compress_weights)
         ov.save_model(model, str(xml), compress_to_fp16=False)  # keep f32: ranges and scales stay exact
-    logger.info("torchpqt: wrote OpenVINO IR %s", xml)
+    logger.info("wrote OpenVINO IR %s", xml)
     report = ExportReport(path=xml)
     if check:
         _check(report, qmodel, example_inputs, target_device, tolerance_steps)
-        logger.info("torchpqt: %s", report)
+        logger.info("%s", report)
     return report
 
 
@@ -140,7 +140,7 @@ def _set_rt_info(model: ov.Model, qmodel: torch.nn.Module, target_device: str, c
         try:
             text = json.dumps(config, sort_keys=True)
         except TypeError:
-            logger.warning("torchpqt: qmodel.torchpqt_config is not JSON-able; storing its str()")
+            logger.warning("qmodel.torchpqt_config is not JSON-able; storing its str()")
             text = str(config)
         model.set_rt_info(text, ["quantization_parameters", "config"])
 
@@ -150,7 +150,7 @@ def _check(report: ExportReport, qmodel: torch.nn.Module, example_inputs: Any, t
     core = ov.Core()
     device = target_device if target_device in core.available_devices else "CPU"
     if device != target_device:
-        logger.warning("torchpqt: device %s not available; checking the IR on CPU", target_device)
+        logger.warning("device %s not available; checking the IR on CPU", target_device)
     compiled = core.compile_model(str(report.path), device, {"INFERENCE_PRECISION_HINT": "f32"})
     args, kwargs = onnx_export._normalize_inputs(example_inputs)
     ov_outputs = _run_openvino(compiled, args, kwargs)

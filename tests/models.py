@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MODELS", "build", "calibration_data", "example_input", "tiny_cnn", "small_transformer"]
+__all__ = ["MODELS", "build", "calibration_data", "example_input", "small_transformer", "tiny_cnn"]
 
 _SEED = 20231
 
@@ -216,7 +216,7 @@ class PreprocSubMul(nn.Module):
 
 
 class MatMulConst(nn.Module):
-    """``x @ W`` with constant W [K, N] (POT transposes it to [N, K], per-channel over N; spec §4.5, §7.1)."""
+    """``x @ W`` with constant W [K, N]: POT transposes it to [N, K], per-channel over N (§4.5, §7.1)."""
 
     def __init__(self):
         super().__init__()

@@ -32,24 +32,57 @@ import torch
 TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS), str(TESTS / "pot_parity")]
 
-import models  # noqa: E402
-from keys import assign_keys, leaf_modules, norm_type  # noqa: E402
+import models
+from keys import assign_keys, leaf_modules, norm_type
 
-import torchpqt  # noqa: E402
-from torchpqt.graph.ops import IDENTITY  # noqa: E402
-from torchpqt.graph.view import GraphView  # noqa: E402
+import torchpqt
+from torchpqt.graph.ops import IDENTITY
+from torchpqt.graph.view import GraphView
 
 GOLDEN_DIR = TESTS / "data" / "pot"
 RTOL, ATOL = 1e-5, 1e-8
 GOLDENS = {p.stem: p for p in sorted(GOLDEN_DIR.glob("*.json"))}
 
-# (case glob, FQ name | "counts" | "extra") -> why torchpqt differs from the recorded POT run.
-KNOWN: dict[tuple[str, str], str] = {}
+_TRANSFORMER_NOT_TT = ("small_transformer-cpu-performance", "small_transformer-cpu-mixed",
+                       "small_transformer-any-performance", "small_transformer-gpu-performance")
+
+# (case globs, items: POT FQ names | "counts" | "extra", reason): where torchpqt differs from the recorded
+# POT run. Each runs as a strict xfail: when torchpqt changes so that the item passes, remove the entry.
+KNOWN: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
+    (("preproc_scale_shift-*",), ("counts", "extra"),
+     ("torchpqt bug: spec §7.4 'inputs' pattern (Parameter -> Mul(c) -> Add(c) skipped, FQ after the Add, "
+      "§7.5) not matched: graph/patterns.py::_input_preprocessing needs a single user of the placeholder, "
+      "and torch.export adds a `_guards_fn` call_module user; torchpqt quantizes the Multiply and the Add "
+      "(act + const FQs) instead")),
+    (("preproc_sub_mul-*",), ("counts", "extra"),
+     ("spec §7.5 vs §0.1: OpenVINO's converter rewrites Parameter -> Sub(c) -> Mul(c) into "
+      "Mul(c) -> Add(c), which POT skips as a scale-shift preprocessing (FQ only after it, at the conv "
+      "input); torchpqt quantizes the Sub/Mul (spec §7.5's Subtract rule was run on a hand-made IR the converter never "
+      "produces from a torch model; plus the `_guards_fn` bug of preproc_scale_shift)")),
+    (("const_fusion-*",), ("Multiply_1202/fq_input_0", "Multiply_1202/fq_weights_1"),
+     ("spec §0.1: OpenVINO's converter folds a per-channel Multiply(c) into the adjacent conv weights "
+      "(relu(conv1)*scale -> conv2: input channels; conv2*gain: output channels); POT quantizes conv2's "
+      "folded weights and the ReLU output, torchpqt the unfolded weights and the Multiply output")),
+    (_TRANSFORMER_NOT_TT, ("/embed/Gather/fq_weights_0", "counts", "extra"),
+     ("POT FakeQuantizePropagation.jump_to_first_input (spec §7.2 step 3) moves the FQ under the embedding "
+      "Gather onto its port 0, the Const table, where it becomes a weights FQ (L=255, per row [vocab, 1]); "
+      "torchpqt graph/placement.py::_jump_targets keeps it below the Gather as an activation FQ")),
+    (("small_transformer-*",), ("/attn/Mul/fq_input_1",),
+     ("spec §0.1: OpenVINO's converter moves the scalar Multiply after Q@K^T onto the MatMul's port 1 "
+      "(K^T * scale); POT quantizes K^T*scale at the MatMul port 1, torchpqt K^T (range larger by 1/scale)")),
+    (_TRANSFORMER_NOT_TT, ("Multiply_1226/fq_weights_1",),
+     ("spec §0.1 / §7.2: after the converter's move (see /attn/Mul/fq_input_1) the scalar Multiply is an "
+      "eltwise with a Const operand between K^T and the MatMul: POT quantizes its constant (weights FQ "
+      "±scale, L=255); torchpqt has the Multiply after the MatMul and skips it as a fused post-op")),
+    (("small_transformer-cpu-transformer-*",), ("extra",),
+     ("same converter move as /attn/Mul/fq_input_1: torchpqt's FQ at the K path (attn/reshape_1) is POT's "
+      "FQ at the MatMul port 1 before the (here ignored, §8) scalar Multiply")),
+]
 
 
 def _known(case: str, item: str) -> str | None:
-    for (pattern, what), reason in KNOWN.items():
-        if what == item and fnmatch.fnmatchcase(case, pattern):
+    for patterns, items, reason in KNOWN:
+        if item in items and any(fnmatch.fnmatchcase(case, p) for p in patterns):
             return reason
     return None
 
@@ -60,7 +93,7 @@ def _param(case: str, item: str, values, test_id: str):
     return pytest.param(*values, id=test_id, marks=marks)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def golden(case: str) -> dict:
     return json.loads(GOLDENS[case].read_text())
 
@@ -86,7 +119,8 @@ def _torch_keys(gm: torch.fx.GraphModule, model: torch.nn.Module) -> tuple[Graph
 
     def through(node):
         # observers torchpqt inserted (call_module) and no-op nodes are not ops of the converted model
-        while node is not None and (node.op == "call_module" or (node in view.ops and view.type_of(node) == IDENTITY)):
+        while node is not None and (node.op == "call_module"
+                                    or (node in view.ops and view.type_of(node) == IDENTITY)):
             node = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
         return node
 
@@ -103,7 +137,7 @@ def _torch_keys(gm: torch.fx.GraphModule, model: torch.nn.Module) -> tuple[Graph
     return through, keys
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torch_run(case: str) -> list[TorchFQ]:
     """torchpqt on the recorded model, data and params: its FakeQuantize list in key terms."""
     rec = golden(case)
@@ -153,11 +187,13 @@ def range_diffs(fq: dict, t: TorchFQ) -> dict[str, float]:
 
 
 def _check_ranges(fq: dict, t: TorchFQ) -> None:
-    assert int(t.module.levels) == fq["levels"], f"levels: torchpqt {int(t.module.levels)}, POT {fq['levels']}"
+    levels = int(t.module.levels)
+    assert levels == fq["levels"], f"levels: torchpqt {levels}, POT {fq['levels']}"
     for k, attr in (("il", "input_low"), ("ih", "input_high"), ("ol", "output_low"), ("oh", "output_high")):
         want = np.asarray(fq[k], dtype=np.float64).reshape(-1)
         got = getattr(t.module, attr).detach().double().numpy().reshape(-1)
-        assert want.size == got.size, f"{k}: torchpqt has {got.size} values, POT {want.size} (shape {fq['shape']})"
+        assert want.size == got.size, \
+            f"{k}: torchpqt has {got.size} values, POT {want.size} (POT shape {fq['shape']})"
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"{k} of {t.name}")
 
 
@@ -186,9 +222,9 @@ def test_pot_fq(case, fq_name):
         pytest.fail(f"POT FQ {fq_name} ({'weights' if fq['weights'] else 'activations'}) on "
                     f"[{_describe(want)}] has no torchpqt FQ on the same consumer ports"
                     + (f"; overlapping torchpqt FQs: {near}" if near else ""))
+    # the consumer ports fix the quantized tensor; producer keys are informative only (the converter may
+    # retype the producer, e.g. Sub(c)->Mul(c) becomes Mul(c)->Add(c))
     assert t.group == ("weights" if fq["weights"] else "activations")
-    if fq["producer_key"] is not None:
-        assert t.producer == _freeze(fq["producer_key"]), f"quantized tensor: {t.producer} vs {fq['producer_key']}"
     _check_ranges(fq, t)
 
 

@@ -13,7 +13,8 @@ part only:
 Options (or environment variables):
     --pot-python / POT_PYTHON        interpreter with openvino-dev==2023.3.0 (required)
     --pot-reference / POT_REFERENCE  the shared runner pot_reference.py
-                                     (default: ../shared/tools/pot_reference/pot_reference.py next to the repo)
+                                     (default: ../shared/tools/pot_reference/pot_reference.py,
+                                     relative to the repository root)
     --out                            output folder (default: tests/data/pot)
     --list                           print the case ids and exit
 
@@ -44,8 +45,8 @@ TESTS = HERE.parent
 REPO = TESTS.parent
 sys.path[:0] = [str(TESTS), str(HERE)]
 
-import models  # noqa: E402  (tests/models.py)
-from keys import assign_keys, leaf_modules, norm_type  # noqa: E402  (tests/pot_parity/keys.py)
+import models
+from keys import assign_keys, leaf_modules, norm_type
 
 OPSET = 13
 N_SAMPLES = 12  # calibration_data(model, N_SAMPLES); stat_subset_size picks the first 10
@@ -75,7 +76,10 @@ def cases() -> dict[str, tuple[str, dict]]:
     out["tiny_cnn-cpu-performance-quantile"] = ("tiny_cnn", _params(range_estimator={"preset": "quantile"}))
     out["tiny_cnn-cpu-mixed-quantile"] = (
         "tiny_cnn", _params(preset="mixed", range_estimator={"preset": "quantile"}))
-    out["tiny_cnn-cpu-performance-inplace"] = ("tiny_cnn", _params(inplace_statistics=True))
+    # inplace_statistics only changes numbers with stat_batch_size > 1 (spec §6): per-batch extremes
+    out["tiny_cnn-cpu-performance-batch2"] = ("tiny_cnn", _params(stat_batch_size=2))
+    out["tiny_cnn-cpu-performance-batch2-inplace"] = (
+        "tiny_cnn", _params(stat_batch_size=2, inplace_statistics=True))
     for model in ("concat_conv", "eltwise_const", "const_fusion", "preproc_scale_shift", "preproc_sub_mul",
                   "matmul_const", "conv_transpose", "grouped_conv"):
         out[f"{model}-cpu-performance"] = (model, _params())
@@ -90,12 +94,15 @@ def input_names(model_name: str) -> list[str]:
     return ["input_ids"] if models.MODELS[model_name][1][0] == "ids" else ["input"]
 
 
-def export_onnx(model_name: str, path: Path) -> None:
+def export_onnx(model_name: str, path: Path, dynamic_batch: bool = False) -> None:
+    """Static shapes of one sample, or a dynamic batch axis where POT stacks samples (stat_batch_size > 1)."""
     model = models.build(model_name)
     example = models.example_input(model_name)
+    names = input_names(model_name)
+    axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
     with torch.no_grad():
         torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=input_names(model_name), output_names=["output"])
+                          input_names=names, output_names=["output"], dynamic_axes=axes)
 
 
 def module_of(onnx_name: str, modules: set[str]) -> str:
@@ -128,7 +135,8 @@ def read_ir(xml_path: Path) -> tuple[dict, list]:
     """layers {id: (name, type)} and edges [(from_id, to_id, to_port)] of an IR; to_port counts inputs."""
     root = ET.parse(xml_path).getroot()
     layers = {lay.get("id"): (lay.get("name"), lay.get("type")) for lay in root.iter("layer")}
-    inputs_of = {lay.get("id"): [p.get("id") for p in lay.findall("./input/port")] for lay in root.iter("layer")}
+    inputs_of = {lay.get("id"): [p.get("id") for p in lay.findall("./input/port")]
+                 for lay in root.iter("layer")}
     edges = []
     for e in root.iter("edge"):
         to, port = e.get("to-layer"), e.get("to-port")
@@ -194,8 +202,10 @@ def ov_keys(layers: dict, edges: list, nodes: list[dict], leaves: dict[str, str]
         input0_of=lambda lid: input0.get(lid),
         is_input=lambda lid: params.index(int(lid)) if layers[lid][1] == "Parameter" else None,
         leaves=leaves)
-    return {name: {"type": t, "onnx_node": nodes[onnx_idx[lid]]["name"] if onnx_idx[lid] is not None else None,
-                   "key": key_of.get(lid)}
+    def onnx_name(lid):
+        return nodes[onnx_idx[lid]]["name"] if onnx_idx[lid] is not None else None
+
+    return {name: {"type": t, "onnx_node": onnx_name(lid), "key": key_of.get(lid)}
             for lid, (name, t) in layers.items() if lid in key_of}
 
 
@@ -232,14 +242,15 @@ def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_r
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         onnx_path = tmp / "model.onnx"
-        export_onnx(model_name, onnx_path)
+        dynamic_batch = params.get("stat_batch_size", 1) > 1
+        export_onnx(model_name, onnx_path, dynamic_batch)
         data = models.calibration_data(model_name, N_SAMPLES)
         names = input_names(model_name)
         np.savez(tmp / "data.npz", **{names[0]: torch.cat(data).numpy()})
         (tmp / "params.json").write_text(json.dumps(params))
         cmd = [pot_python, str(HERE / "pot_f32.py"), pot_reference, str(onnx_path), str(tmp / "data.npz"),
                str(tmp / "params.json"), str(tmp / "dump.json"), "--save-ir", str(tmp / "ir")]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{case_id}: POT failed\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         dump = json.loads((tmp / "dump.json").read_text())
@@ -255,7 +266,8 @@ def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_r
         "params": params,
         "data": {"source": "tests/models.py calibration_data(model, n, seed=0)", "n": N_SAMPLES, "seed": 0,
                  "npz_keys": names},
-        "onnx": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET, "torch": torch.__version__},
+        "onnx": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET, "torch": torch.__version__,
+                 "dynamic_batch": dynamic_batch},
         "pot": {"version": "openvino-dev 2023.3.0", "runner": "shared/tools/pot_reference/pot_reference.py",
                 "inference_precision": "f32 (tests/pot_parity/pot_f32.py)"},
         "key_format": "tests/pot_parity/keys.py",

@@ -11,8 +11,8 @@ collects FP32 statistics, so the goldens force ``INFERENCE_PRECISION_HINT=f32`` 
 import runpy
 import sys
 
-import openvino.tools.pot.engines.ie_engine as ie_engine
 from openvino.runtime import Core
+from openvino.tools.pot.engines import ie_engine
 
 
 def _f32_core() -> Core:

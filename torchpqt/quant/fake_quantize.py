@@ -37,20 +37,17 @@ __all__ = ["FakeQuantize", "fake_quantize"]
 RangeLike = Any  # float, sequence, numpy array or tensor
 
 
-def _level_math(
-    x: Tensor, il: Tensor, ih: Tensor, levels: int
-) -> tuple[Tensor, Tensor]:
-    """Returns (q, inside): the float32 integer level in [0, L-1] and the mask il < x <= ih."""
+def _levels(x: Tensor, il: Tensor, ih: Tensor, levels: int) -> Tensor:
+    """The float32 integer level in [0, L-1] of every element, computed as the CPU plugin does."""
     n = torch.tensor(float(levels - 1), dtype=torch.float32, device=x.device)
     isc = n / (ih - il)
     ish = il * isc
-    # Maximum then Minimum, as the plugin's decomposition; torch.where keeps x86 max/min
-    # semantics for NaN (a NaN input becomes il, i.e. level 0, like the plugin).
-    clamped = torch.where(x > il, x, il)
-    clamped = torch.where(clamped < ih, clamped, ih)
-    q = torch.round(clamped * isc - ish)  # two f32 roundings, then half to even
-    inside = (x > torch.minimum(il, ih)) & (x <= torch.maximum(il, ih))
-    return q, inside
+    shape = torch.broadcast_shapes(x.shape, il.shape, ih.shape)
+    # Maximum then Minimum, as the plugin's decomposition; fmax maps a NaN input to il (level 0)
+    # like x86 maxps does. fmax allocates the result, so the in-place steps never touch x.
+    q = torch.fmax(x.expand(shape), il)
+    q.clamp_(max=ih)
+    return q.mul_(isc).sub_(ish).round_()  # two f32 roundings, then half to even
 
 
 def _dequantize(q: Tensor, ol: Tensor, oh: Tensor, levels: int) -> Tensor:
@@ -61,12 +58,13 @@ def _dequantize(q: Tensor, ol: Tensor, oh: Tensor, levels: int) -> Tensor:
     """
     n = torch.tensor(float(levels - 1), dtype=torch.float32, device=q.device)
     osc = (oh - ol) / n
-    return (q.double() * osc.double() + ol.double()).float()
+    shape = torch.broadcast_shapes(q.shape, ol.shape, oh.shape)
+    wide = q.expand(shape).to(torch.float64)  # a new tensor: the in-place ops below are safe
+    return wide.mul_(osc.double()).add_(ol.double()).to(torch.float32)
 
 
 def _forward_f32(x: Tensor, il: Tensor, ih: Tensor, ol: Tensor, oh: Tensor, levels: int) -> Tensor:
-    q, _ = _level_math(x.float(), il.float(), ih.float(), levels)
-    return _dequantize(q, ol.float(), oh.float(), levels)
+    return _dequantize(_levels(x.float(), il.float(), ih.float(), levels), ol.float(), oh.float(), levels)
 
 
 @torch.library.custom_op("torchpqt::fake_quantize", mutates_args=())
@@ -106,7 +104,8 @@ def _backward(ctx, grad: Tensor):
     levels = ctx.levels
     g = grad.float()
     xf, ilf, ihf, olf, ohf = (t.float() for t in (x, il, ih, ol, oh))
-    q, inside = _level_math(xf, ilf, ihf, levels)
+    q = _levels(xf, ilf, ihf, levels)
+    inside = (xf > torch.minimum(ilf, ihf)) & (xf <= torch.maximum(ilf, ihf))
     frac = q / float(levels - 1)
     width = ihf - ilf
     g_in = torch.where(inside, g, torch.zeros_like(g))
@@ -178,7 +177,11 @@ class FakeQuantize(nn.Module):
     def __init__(self, levels: int, input_low: RangeLike, input_high: RangeLike,
                  output_low: RangeLike | None = None, output_high: RangeLike | None = None) -> None:
         super().__init__()
-        if isinstance(levels, bool) or not float(levels).is_integer() or int(levels) < 2:
+        try:
+            valid = not isinstance(levels, bool) and float(levels).is_integer() and int(levels) >= 2
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
             raise ConfigError(f"torchpqt.FakeQuantize: levels must be an integer >= 2, got {levels!r}")
         self.levels = int(levels)
         ranges = {"input_low": _as_range(input_low, "input_low"),
