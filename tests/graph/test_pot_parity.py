@@ -6,7 +6,7 @@ consumer edges it feeds and its levels/il/ih/ol/oh. The recordings come from
 tests/pot_parity/make_pot_goldens.py (see there to regenerate them); these tests need neither POT nor
 OpenVINO.
 
-Ops are matched through keys (tests/pot_parity/keys.py): ``[torch module path, op type, occurrence]``,
+Ops are matched through keys (tests/pot_parity/pot_keys.py): ``[torch module path, op type, occurrence]``,
 derived from the ONNX node names on the POT side and from the captured graph on the torch side.
 
 For each case: the number of weight and activation FQs (``test_fq_counts``), no torchpqt FQ without a POT
@@ -33,7 +33,7 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS), str(TESTS / "pot_parity")]
 
 import models
-from keys import assign_keys, leaf_modules, norm_type
+from pot_keys import assign_keys, leaf_modules, norm_type
 
 import torchpqt
 from torchpqt.graph.ops import IDENTITY
@@ -57,8 +57,9 @@ KNOWN: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
     (("preproc_sub_mul-*",), ("counts", "extra"),
      ("spec §7.5 vs §0.1: OpenVINO's converter rewrites Parameter -> Sub(c) -> Mul(c) into "
       "Mul(c) -> Add(c), which POT skips as a scale-shift preprocessing (FQ only after it, at the conv "
-      "input); torchpqt quantizes the Sub/Mul (spec §7.5's Subtract rule was run on a hand-made IR the converter never "
-      "produces from a torch model; plus the `_guards_fn` bug of preproc_scale_shift)")),
+      "input); torchpqt quantizes the Sub/Mul (spec §7.5's Subtract rule was run on a hand-made IR "
+      "the converter never produces from a torch model; plus the `_guards_fn` bug of "
+      "preproc_scale_shift)")),
     (("const_fusion-*",), ("Multiply_1202/fq_input_0", "Multiply_1202/fq_weights_1"),
      ("spec §0.1: OpenVINO's converter folds a per-channel Multiply(c) into the adjacent conv weights "
       "(relu(conv1)*scale -> conv2: input channels; conv2*gain: output channels); POT quantizes conv2's "
@@ -244,3 +245,16 @@ def test_no_extra_fq(case):
     pot = {pot_edges(f) for f in golden(case)["fake_quantize"].values()}
     extra = [f"{t.name} on [{_describe(t.edges)}]" for t in torch_run(case) if t.edges not in pot]
     assert not extra, f"torchpqt FQs that POT does not place: {extra}"
+
+
+def test_known_entries_exist():
+    """Every KNOWN entry names recorded cases and FQs (regenerated goldens may rename generated FQs)."""
+    stale = []
+    for patterns, items, _ in KNOWN:
+        cases = [c for c in GOLDENS if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+        if not cases:
+            stale.append(f"no case matches {patterns}")
+        for case in cases:
+            stale += [f"{case}: no FQ {i!r}" for i in items
+                      if i not in ("counts", "extra") and i not in golden(case)["fake_quantize"]]
+    assert not stale, stale

@@ -46,7 +46,7 @@ REPO = TESTS.parent
 sys.path[:0] = [str(TESTS), str(HERE)]
 
 import models
-from keys import assign_keys, leaf_modules, norm_type
+from pot_keys import assign_keys, leaf_modules, norm_type
 
 OPSET = 13
 N_SAMPLES = 12  # calibration_data(model, N_SAMPLES); stat_subset_size picks the first 10
@@ -145,7 +145,7 @@ def read_ir(xml_path: Path) -> tuple[dict, list]:
 
 
 def ov_keys(layers: dict, edges: list, nodes: list[dict], leaves: dict[str, str]) -> dict[str, dict]:
-    """Map each IR op (by name) to its ONNX node and a torch op key (tests/pot_parity/keys.py).
+    """Map each IR op (by name) to its ONNX node and a torch op key (tests/pot_parity/pot_keys.py).
 
     OpenVINO names an op after its ONNX node (``/res_a/Conv/WithoutBiases`` for the bias-less part of
     a Conv) or after the ONNX output tensor (``output``); ops the converter creates itself get generated
@@ -270,7 +270,7 @@ def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_r
                  "dynamic_batch": dynamic_batch},
         "pot": {"version": "openvino-dev 2023.3.0", "runner": "shared/tools/pot_reference/pot_reference.py",
                 "inference_precision": "f32 (tests/pot_parity/pot_f32.py)"},
-        "key_format": "tests/pot_parity/keys.py",
+        "key_format": "tests/pot_parity/pot_keys.py",
         "ov_nodes": {k: v for k, v in ov.items() if k in used},
         "onnx_nodes": [[n["name"], n["op_type"], n["module"]] for n in nodes if n["op_type"] != "Constant"],
         "fake_quantize": dump,
