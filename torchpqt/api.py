@@ -34,7 +34,7 @@ from torchpqt.quant.fake_quantize import FakeQuantize
 from torchpqt.statistics.collector import TensorStatistics
 
 logger = logging.getLogger("torchpqt")
-__all__ = ["prepare", "convert", "quantize", "plan", "QuantizationPlan"]
+__all__ = ["QuantizationPlan", "convert", "plan", "prepare", "quantize"]
 
 _WARNED: set[str] = set()
 
@@ -138,7 +138,7 @@ def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: 
     gm, view, qplan = _plan(model, example_inputs, cfg)
     order = _order(gm)
     for p in qplan.points:
-        if p.group != "activations":
+        if p.group == "weights":
             continue
         specs = [s for s in (p.stat_min, p.stat_max) if s is not None]
         gm.add_submodule(p.module_name, Observer(p.name, TensorStatistics(specs, channel_axis=1,
@@ -153,7 +153,7 @@ def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: 
     gm.torchpqt_plan = qplan
     gm.torchpqt_config = cfg
     logger.info("prepared %d FakeQuantize points (%d activations)", len(qplan.points),
-                sum(p.group == "activations" for p in qplan.points))
+                sum(p.group != "weights" for p in qplan.points))
     return gm
 
 
@@ -191,7 +191,7 @@ def convert(prepared: fx.GraphModule) -> fx.GraphModule:
     if qplan is None:
         raise TorchPQTError("convert() needs a model returned by torchpqt.prepare()")
     for p in qplan.points:
-        if p.group == "activations" and prepared.get_submodule(p.module_name).stats.num_batches == 0:
+        if p.group != "weights" and prepared.get_submodule(p.module_name).stats.num_batches == 0:
             raise TorchPQTError(f"no calibration data reached {p.name!r}: run calibration batches through the "
                                 "prepared model (under torch.no_grad()) before convert()")
     with warnings.catch_warnings():
@@ -200,14 +200,14 @@ def convert(prepared: fx.GraphModule) -> fx.GraphModule:
     view = GraphView(qm)
     params = {}
     for p in qplan.points:
-        if p.group == "activations":
+        if p.group != "weights":
             params[p.name] = activation_params(p, prepared.get_submodule(p.module_name).stats)
         else:
             params[p.name] = weight_params(view, p)
     unify(qplan.points, params)
     for p in qplan.points:
         fq_params = params[p.name]
-        if p.group == "activations":
+        if p.group != "weights":
             obs = prepared.get_submodule(p.module_name)
             shape = broadcast_shape(p, fq_params, obs.ndim or 2)
             qm.add_submodule(p.module_name, FakeQuantize.from_params(fq_params, shape))

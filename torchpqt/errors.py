@@ -1,6 +1,6 @@
 """Typed errors. Every error torchpqt raises on purpose derives from :class:`TorchPQTError`."""
 
-__all__ = ["TorchPQTError", "ConfigError", "CaptureError", "ScopeError", "ExportError"]
+__all__ = ["CaptureError", "ConfigError", "ExportError", "ScopeError", "TorchPQTError"]
 
 
 class TorchPQTError(Exception):

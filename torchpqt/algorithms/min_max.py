@@ -23,7 +23,7 @@ from torchpqt.quant.spec import QuantSpec
 from torchpqt.statistics.estimators import StatSpec, range_estimator
 from torchpqt.statistics.reducers import weight_stat
 
-__all__ = ["QuantizationPoint", "resolve_points", "rescaled_ops", "weight_params", "unify"]
+__all__ = ["QuantizationPoint", "rescaled_ops", "resolve_points", "unify", "weight_params"]
 
 _CONV = ("Convolution", "DepthWiseConvolution", "GroupConvolution")
 
@@ -61,7 +61,9 @@ class QuantizationPoint:
 
 def _section(config, group: str) -> tuple[dict | None, dict | None]:
     """(the user's weights/activations section, the range estimator that applies to it)."""
-    section = getattr(config, group if group != "outputs" else "activations", None)
+    # POT reads an `outputs` section for GNA output FQs; torchpqt's config has none, so they take the
+    # hardware configs and the global range estimator only.
+    section = getattr(config, group, None) if group != "outputs" else None
     user = section.to_dict() if section is not None else None
     estimator = (user or {}).pop("range_estimator", None) if user else None
     if estimator is None and getattr(config, "range_estimator", None) is not None:
@@ -80,7 +82,7 @@ def _point(site: FQSite, qconfig, config, estimator) -> QuantizationPoint:
 def resolve_points(placement: Placement, hw: HardwareConfig, config) -> list[QuantizationPoint]:
     """Choose the config, grid and statistics of every placed FakeQuantize (spec §3, §5.1, §5.4, §8)."""
     points: list[QuantizationPoint | None] = [None] * len(placement.sites)
-    sections = {g: _section(config, g) for g in ("weights", "activations")}
+    sections = {g: _section(config, g) for g in ("weights", "activations", "outputs")}
     for gi, members in enumerate(placement.unify_groups):
         user, estimator = sections["activations"]
         lists = [consumer_candidates(hw, placement.sites[i].consumer_types, "activations", user=user)

@@ -196,8 +196,7 @@ def module_path(node: fx.Node) -> str:
         return ""
     path = list(stack.values())[-1][0]
     for prefix in ("L__self___", "L__self__"):
-        if path.startswith(prefix):
-            path = path[len(prefix):]
+        path = path.removeprefix(prefix)
     return path
 
 

@@ -117,4 +117,4 @@ def _input_preprocessing(view: GraphView, param: fx.Node, skipped: dict) -> None
         skipped[user] = "input preprocessing (Subtract)"
 
 
-__all__ = ["skipped_ops", "CONST", "PARAMETER"]
+__all__ = ["CONST", "PARAMETER", "skipped_ops"]

@@ -17,17 +17,17 @@ from torchpqt.graph.ops import (
     WEIGHTED_TYPES,
 )
 from torchpqt.graph.patterns import skipped_ops
-from torchpqt.graph.view import CONST, RESULT, Edge, GraphView
+from torchpqt.graph.view import RESULT, Edge, GraphView
 from torchpqt.hardware import HardwareConfig
 
-__all__ = ["Placement", "FQSite", "place"]
+__all__ = ["FQSite", "Placement", "place"]
 
 
 @dataclass
 class FQSite:
     """One FakeQuantize before configs are chosen: the tensor it quantizes and the edges it feeds."""
 
-    group: str  # "weights" or "activations"
+    group: str  # "weights", "activations" or "outputs" (GNA: an FQ on an op's output)
     tensor: fx.Node
     edges: list[Edge]
     name: str = ""
@@ -50,6 +50,11 @@ def _quantizable(view: GraphView, hw: HardwareConfig, node: fx.Node) -> bool:
     kind = view.type_of(node)
     rule = hw.ops.get(kind)
     return rule is not None and rule.quantizable and kind not in AGNOSTIC_TYPES
+
+
+def _quantizable_result(hw: HardwareConfig) -> bool:
+    rule = hw.ops.get(RESULT)
+    return rule is not None and bool(rule.activations)
 
 
 def _agnostic(view: GraphView, node: fx.Node) -> bool:
@@ -83,7 +88,32 @@ def _initial_sites(view, hw, blocked) -> tuple[list[Edge], list[Edge]]:
             continue
         for e in _requested_edges(view, hw, node):
             (weights if view.is_const(e.producer) else acts).append(e)
+    if _quantizable_result(hw):  # GNA quantizes the network outputs too
+        out = next(n for n in view.gm.graph.nodes if n.op == "output")
+        acts += [e for e in view.inputs(out) if view.is_float(e.producer) and not view.is_const(e.producer)]
     return acts, weights
+
+
+# POT insert_output_fake_quantize: activation-like producers and inputs win a merge over inputs FQs of
+# equal priority (fq_config_priority).
+_ACTIVATION_PRODUCERS = frozenset({"Power", "Sigmoid", "Tanh", "ReLU", "PReLU", "Clamp", "Log", "Abs", "Exp",
+                                   "Sign", "SoftSign", "Parameter"})
+
+
+def _output_sites(view, hw, blocked) -> dict[fx.Node, list[Edge]]:
+    """GNA: FQs on the outputs of ops whose rule has an ``outputs`` config (POT insert_output_fake_quantize);
+    for a conv/linear the output already includes the fused bias."""
+    out: dict[fx.Node, list[Edge]] = {}
+    for node in view.nodes:
+        if node.op not in ("placeholder", "call_function") or node in blocked or view.is_const(node):
+            continue
+        rule = hw.ops.get(view.type_of(node))
+        if rule is None or not rule.outputs or not view.is_float(node):
+            continue
+        edges = [e for e in view.outputs(node) if e.consumer not in blocked and e.consumer.op != "call_module"]
+        if edges:
+            out[node] = edges
+    return out
 
 
 def _skip_ascent(view: GraphView, fq_edges: set, blocked) -> dict[fx.Node, bool]:
@@ -131,10 +161,13 @@ def _jump_targets(view: GraphView, node: fx.Node) -> list[Edge] | None:
     return targets
 
 
-def _propagate(view: GraphView, acts: list[Edge], blocked) -> list[Edge]:
-    """POT FakeQuantizePropagation: move activation FQs up through quantize-agnostic ops."""
+def _propagate(view: GraphView, acts: list[Edge], blocked, covered: frozenset = frozenset()) -> list[Edge]:
+    """POT FakeQuantizePropagation: move activation FQs up through quantize-agnostic ops.
+
+    ``covered``: edges that already carry an FQ (GNA output FQs); they stop nothing but count as quantized.
+    """
     fq_edges = set(acts)
-    skip = _skip_ascent(view, set(acts), blocked)
+    skip = _skip_ascent(view, set(acts) | set(covered), blocked)
     queue = deque(sorted(acts, key=lambda e: (e.consumer.name, e.port)))
     while queue:
         e = queue.popleft()
@@ -161,6 +194,10 @@ def _valuable_consumers(view, hw, edges, blocked) -> tuple[list[str], bool]:
     while stack:
         e = stack.pop(0)
         c = e.consumer
+        if c.op == "output" and c not in seen and _quantizable_result(hw):
+            seen.add(c)
+            types.append(RESULT)
+            continue
         if c in seen or c.op != "call_function":
             continue
         if _agnostic(view, c):
@@ -225,6 +262,23 @@ def _downstream_types(view: GraphView, node: fx.Node) -> set[str]:
     return out
 
 
+def _merged_output_site(view, hw, tensor, out_edges, in_edges, blocked) -> FQSite:
+    """An output FQ merged with the input FQs on the same tensor (POT remove_duplication): the group of
+    the higher-priority FQ wins."""
+    producer_type = view.type_of(tensor)
+    out_priority = 1 if producer_type in _ACTIVATION_PRODUCERS else 0
+    in_priority = max((2 if view.type_of(e.consumer) in hw.input_priority_types else 1 for e in in_edges),
+                      default=-1)
+    names = [f"{view.scope_of(tensor)}/fq_output_0_{i}" for i in range(len(out_edges))]
+    names += [_name(view, e, "activations") for e in in_edges]
+    edges = list(dict.fromkeys([*out_edges, *in_edges]))
+    if in_priority > out_priority:
+        types, act_mm = _valuable_consumers(view, hw, edges, blocked)
+        if types:
+            return FQSite("activations", tensor, edges, min(names), types, act_mm)
+    return FQSite("outputs", tensor, edges, min(names), [producer_type])
+
+
 def _name(view: GraphView, edge: Edge, group: str) -> str:
     kind = "weights" if group == "weights" else "input"
     return f"{view.scope_of(edge.consumer)}/fq_{kind}_{edge.port}"
@@ -244,11 +298,15 @@ def place(view: GraphView, hw: HardwareConfig, config) -> Placement:
         return Placement([], [], skipped, ignored)
     blocked = set(skipped) | set(ignored)
     acts, weights = _initial_sites(view, hw, blocked)
-    acts = _propagate(view, acts, blocked)
+    outputs = _output_sites(view, hw, blocked)
+    covered = frozenset(e for edges in outputs.values() for e in edges)
+    acts = _propagate(view, acts, blocked, covered)
     by_tensor: dict[fx.Node, list[Edge]] = {}
     for e in acts:
         by_tensor.setdefault(e.producer, []).append(e)
     sites: list[FQSite] = []
+    for tensor, edges in outputs.items():
+        sites.append(_merged_output_site(view, hw, tensor, edges, by_tensor.pop(tensor, []), blocked))
     for tensor, edges in by_tensor.items():
         types, act_mm = _valuable_consumers(view, hw, edges, blocked)
         if not types:
