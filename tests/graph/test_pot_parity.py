@@ -10,7 +10,7 @@ Ops are matched through keys (tests/pot_parity/pot_keys.py): ``[torch module pat
 derived from the ONNX node names on the POT side and from the captured graph on the torch side.
 
 For each case: the number of weight and activation FQs (``test_fq_counts``), no torchpqt FQ without a POT
-counterpart (``test_no_extra_fq``), and for every POT FQ (``test_pot_fq``) an torchpqt FQ feeding exactly
+counterpart (``test_no_extra_fq``), and for every POT FQ (``test_pot_fq``) a torchpqt FQ feeding exactly
 the same consumer ports, with the same levels and il/ih/ol/oh within rtol 1e-5 (per channel too).
 Known differences are listed in ``KNOWN`` with the reason; they run as strict xfails, so a fix shows up as
 XPASS and the entry must go.
