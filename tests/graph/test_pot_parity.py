@@ -49,17 +49,6 @@ _TRANSFORMER_NOT_TT = ("small_transformer-cpu-performance", "small_transformer-c
 # (case globs, items: POT FQ names | "counts" | "extra", reason): where torchpqt differs from the recorded
 # POT run. Each runs as a strict xfail: when torchpqt changes so that the item passes, remove the entry.
 KNOWN: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
-    (("preproc_scale_shift-*",), ("counts", "extra"),
-     ("torchpqt bug: spec §7.4 'inputs' pattern (Parameter -> Mul(c) -> Add(c) skipped, FQ after the Add, "
-      "§7.5) not matched: graph/patterns.py::_input_preprocessing needs a single user of the placeholder, "
-      "and torch.export adds a `_guards_fn` call_module user; torchpqt quantizes the Multiply and the Add "
-      "(act + const FQs) instead")),
-    (("preproc_sub_mul-*",), ("counts", "extra"),
-     ("spec §7.5 vs §0.1: OpenVINO's converter rewrites Parameter -> Sub(c) -> Mul(c) into "
-      "Mul(c) -> Add(c), which POT skips as a scale-shift preprocessing (FQ only after it, at the conv "
-      "input); torchpqt quantizes the Sub/Mul (spec §7.5's Subtract rule was run on a hand-made IR "
-      "the converter never produces from a torch model; plus the `_guards_fn` bug of "
-      "preproc_scale_shift)")),
     (("const_fusion-*",), ("Multiply_1202/fq_input_0", "Multiply_1202/fq_weights_1"),
      ("spec §0.1: OpenVINO's converter folds a per-channel Multiply(c) into the adjacent conv weights "
       "(relu(conv1)*scale -> conv2: input channels; conv2*gain: output channels); POT quantizes conv2's "

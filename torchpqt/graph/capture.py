@@ -127,11 +127,22 @@ def capture(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
     model = copy.deepcopy(model).eval()
     args, kwargs = split_inputs(example_inputs)
     gm = _export(model, args, kwargs).module()
+    _drop_guards(gm)
     fold_batch_norm(gm)
     decompose_attention(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
+
+
+def _drop_guards(gm: fx.GraphModule) -> None:
+    """torch.export's input-shape guard module reads the inputs but computes nothing; the converted model
+    POT saw had no such node, and placement rules that look for a single consumer must not see it."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+            gm.graph.erase_node(node)
+            if hasattr(gm, "_guards_fn"):
+                delattr(gm, "_guards_fn")
 
 
 def get_attr_tensor(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
