@@ -75,3 +75,34 @@ def test_untraceable_model_names_the_failing_line():
         capture(DataDependent(), torch.randn(2, 3))
     msg = str(err.value)
     assert "DataDependent" in msg and "test_capture.py" in msg and "fix:" in msg
+
+
+class Scales(nn.Module):
+    """Per-channel and scalar multiplies next to convs / linears / an activation matmul (converter fusions)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+        self.scale = nn.Parameter(torch.rand(1, 4, 1, 1) + 0.5)
+        self.gain = nn.Parameter(torch.randn(1, 4, 1, 1))
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = F.relu(self.conv1(x)) * self.scale
+        y = F.relu(self.conv2(y) * self.gain).mean((2, 3))
+        z = self.fc(y) / 2.0
+        att = torch.matmul(z[:, :, None], z[:, None, :]) * 0.5
+        return (1.0 - att).sum(-1)
+
+
+def test_constant_fusions_keep_fp32_output_and_remove_the_multiplies():
+    model = Scales().eval()
+    x = torch.randn(2, 3, 6, 6)
+    gm = capture(model, x)
+    torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
+    names = _targets(gm)
+    assert "div" not in names, "x / 2 after the linear is folded into it"
+    matmul = next(n for n in gm.graph.nodes if n.op == "call_function" and packet_name(n) == "matmul")
+    assert packet_name(matmul.args[1]) == "mul", "the scalar moved onto the matmul's second input"
+    assert names.count("mul") == 1

@@ -129,6 +129,8 @@ def rescaled_ops(view: GraphView, config) -> set[fx.Node]:
 def weight_params(view: GraphView, point: QuantizationPoint) -> FQParams:
     """FakeQuantize ranges of a weight, from the constant itself (spec §4.5)."""
     w = view.const_value(point.site.tensor).float()
+    if w.dim() == 0:
+        w = w.reshape(1)  # a scalar constant operand (the IR's 0-d Const)
     axis = point.site.weight_axis % max(w.dim(), 1)
 
     def stat(spec: StatSpec | None):
@@ -168,7 +170,7 @@ def broadcast_shape(point: QuantizationPoint, params: FQParams, rank: int) -> tu
     """Shape of the range tensors: 0-d per tensor; the channel axis of the weight / axis 1 of an
     activation per channel (POT broadcast_fq_values)."""
     size = int(np.asarray(params.input_low).size)
-    if np.asarray(params.input_low).ndim == 0 or (point.spec.granularity == "pertensor" and size == 1):
+    if rank == 0 or np.asarray(params.input_low).ndim == 0 or (point.spec.granularity == "pertensor" and size == 1):
         return ()
     shape = [1] * max(rank, 2)
     axis = point.site.weight_axis % rank if point.group == "weights" else 1

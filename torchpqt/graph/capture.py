@@ -3,8 +3,9 @@
 ``torch.export`` (non-strict) is the maintained path; ``torch.export`` strict mode (TorchDynamo) is the
 fallback for models the non-strict tracer rejects. Then the graph is rewritten the way the OpenVINO
 model converter rewrote it before POT ever saw it (spec §0.1): eval-mode BatchNorm folded into the
-preceding convolution / linear, and ``scaled_dot_product_attention`` spelled out as
-MatMul → Multiply → Add(mask) → SoftMax → MatMul.
+preceding convolution / linear, ``scaled_dot_product_attention`` spelled out as
+MatMul → Multiply → Add(mask) → SoftMax → MatMul, and the converter's constant fusions
+(:mod:`torchpqt.graph.fusions`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import fx
 
 from torchpqt.errors import CaptureError
+from torchpqt.graph.fusions import fuse_constants
 from torchpqt.graph.ops import packet_name
 
 logger = logging.getLogger("torchpqt")
@@ -130,6 +132,7 @@ def capture(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
     _drop_guards(gm)
     fold_batch_norm(gm)
     decompose_attention(gm)
+    fuse_constants(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm

@@ -156,17 +156,22 @@ def _jump_targets(view: GraphView, node: fx.Node) -> list[Edge] | None:
         targets = [e for e in edges if not view.is_const(e.producer)]
     else:
         targets = edges[:1]
-    if not targets or any(view.is_const(e.producer) or not view.is_float(e.producer) for e in targets):
-        return None  # e.g. Gather from an embedding table: the FQ stays below the agnostic op
+    if not targets or any(not view.is_float(e.producer) for e in targets):
+        return None
     return targets
 
 
-def _propagate(view: GraphView, acts: list[Edge], blocked, covered: frozenset = frozenset()) -> list[Edge]:
+def _propagate(view: GraphView, acts: list[Edge], blocked, covered: frozenset = frozenset()
+               ) -> tuple[list[Edge], list[Edge]]:
     """POT FakeQuantizePropagation: move activation FQs up through quantize-agnostic ops.
 
     ``covered``: edges that already carry an FQ (GNA output FQs); they stop nothing but count as quantized.
+
+    Returns:
+        (activation FQ edges, weight FQ edges): an FQ that jumps onto a constant input (the table of an
+        embedding Gather) becomes a weights FQ there (POT jump_to_first_input).
     """
-    fq_edges = set(acts)
+    fq_edges, const_edges = set(acts), set()
     skip = _skip_ascent(view, set(acts) | set(covered), blocked)
     queue = deque(sorted(acts, key=lambda e: (e.consumer.name, e.port)))
     while queue:
@@ -181,10 +186,13 @@ def _propagate(view: GraphView, acts: list[Edge], blocked, covered: frozenset = 
             continue
         fq_edges.discard(e)
         for t in reversed(targets):
-            if t not in fq_edges:
+            if view.is_const(t.producer):
+                const_edges.add(t)
+            elif t not in fq_edges:
                 fq_edges.add(t)
                 queue.appendleft(t)
-    return sorted(fq_edges, key=lambda e: (e.consumer.name, e.port))
+    key = (lambda e: (e.consumer.name, e.port))
+    return sorted(fq_edges, key=key), sorted(const_edges, key=key)
 
 
 def _valuable_consumers(view, hw, edges, blocked) -> tuple[list[str], bool]:
@@ -300,7 +308,7 @@ def place(view: GraphView, hw: HardwareConfig, config) -> Placement:
     acts, weights = _initial_sites(view, hw, blocked)
     outputs = _output_sites(view, hw, blocked)
     covered = frozenset(e for edges in outputs.values() for e in edges)
-    acts = _propagate(view, acts, blocked, covered)
+    acts, jumped = _propagate(view, acts, blocked, covered)
     by_tensor: dict[fx.Node, list[Edge]] = {}
     for e in acts:
         by_tensor.setdefault(e.producer, []).append(e)
@@ -313,6 +321,10 @@ def place(view: GraphView, hw: HardwareConfig, config) -> Placement:
             continue
         name = min(_name(view, e, "activations") for e in edges)  # POT: merged FQs keep the first name
         sites.append(FQSite("activations", tensor, edges, name, types, act_mm))
+    for e in jumped:  # e.g. an embedding table: quantized per row for the Gather's consumers
+        types, _ = _valuable_consumers(view, hw, view.outputs(e.consumer), blocked)
+        if types:
+            sites.append(FQSite("weights", e.producer, [e], _name(view, e, "weights"), types, weight_axis=0))
     for e in weights:
         info = view.ops[e.consumer]
         axis = info.weight_axis if e.arg == info.weight_arg else 0
