@@ -13,6 +13,7 @@ Peak memory (resident set high-water mark) is measured in a fresh subprocess per
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -20,8 +21,8 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import torchpqt
 
@@ -34,7 +35,7 @@ class ConvNet5M(nn.Module):
         torch.manual_seed(0)
         chans = [3, 96, 192, 384, 768]
         self.stages = nn.ModuleList()
-        for cin, cout in zip(chans[:-1], chans[1:]):
+        for cin, cout in itertools.pairwise(chans):
             self.stages.append(nn.ModuleDict({
                 "down": nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), "bn": nn.BatchNorm2d(cout),
                 "dw": nn.Conv2d(cout, cout, 3, padding=1, groups=cout), "pw": nn.Conv2d(cout, cout, 1)}))
@@ -121,8 +122,8 @@ def main() -> None:
     for name in args.models:
         times = {"fp32": [], "calibrate": [], "quantize": []}
         for _ in range(args.repeat):  # interleaved
-            for what in times:
-                times[what].append(step(name, what, args.samples, args.batch))
+            for what, runs in times.items():
+                runs.append(step(name, what, args.samples, args.batch))
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {"seconds": med, "calibrate/fp32": med["calibrate"] / med["fp32"],
                "quantize/fp32": med["quantize"] / med["fp32"]}

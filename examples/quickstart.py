@@ -13,7 +13,7 @@ import torch
 import torchpqt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import small_cnn  # noqa: E402  (examples/models.py)
+from models import small_cnn
 
 
 def main() -> None:

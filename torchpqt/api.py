@@ -135,7 +135,7 @@ def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: 
     """
     cfg = _config(config, target_device)
     _announce_pending(cfg)
-    gm, view, qplan = _plan(model, example_inputs, cfg)
+    gm, _, qplan = _plan(model, example_inputs, cfg)
     order = _order(gm)
     for p in qplan.points:
         if p.group == "weights":

@@ -3,8 +3,8 @@ HuggingFace BERT built from a small BertConfig (nothing downloaded)."""
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import torchpqt
 

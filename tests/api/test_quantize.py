@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 import torchpqt
 from torchpqt.errors import TorchPQTError
@@ -112,7 +112,7 @@ def test_stat_subset_size_counts_samples_not_batches_and_transform_fn():
 
 
 def test_shuffle_uses_pots_seeded_sample_of_indices():
-    model, data = _tiny_cnn()
+    _, data = _tiny_cnn()
     cfg = torchpqt.load_config({"stat_subset_size": 4, "shuffle_data": True, "seed": 3})
     from torchpqt.calibration import calibration_batches
 

@@ -5,13 +5,12 @@ from collections import Counter
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from torch import nn
 
 import torchpqt
 
 ov = pytest.importorskip("openvino")
-from torchpqt.exporters import openvino as ov_export  # noqa: E402
+from torchpqt.exporters import openvino as ov_export
 
 
 class Net(nn.Module):

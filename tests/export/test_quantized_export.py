@@ -4,13 +4,13 @@ run within one quantization step of the torch fake-quant model, and the CNN's co
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import torchpqt
 
 ov = pytest.importorskip("openvino")
-from torchpqt.exporters import openvino as ov_export  # noqa: E402
+from torchpqt.exporters import openvino as ov_export
 
 pytestmark = pytest.mark.openvino
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import torchpqt
 from torchpqt.errors import ScopeError

@@ -81,9 +81,8 @@ class GraphView:
             return val.dtype.is_floating_point
         if node.op == "get_attr":
             return self.const_value(node).dtype.is_floating_point
-        if isinstance(val, (list, tuple)) or node.op == "placeholder":
-            return False
-        return True  # nodes we created ourselves compute on float tensors
+        # nodes we created ourselves compute on float tensors; placeholders and tuples have metadata
+        return not (isinstance(val, (list, tuple)) or node.op == "placeholder")
 
     def rank(self, node: fx.Node) -> int | None:
         val = node.meta.get("val")
