@@ -24,8 +24,9 @@ class Observer(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and not torch.compiler.is_compiling():
             self.stats.update(x)
-            self.ndim = x.dim()
-            self.channels = x.shape[1] if x.dim() > 1 else None
+            if self.ndim is None:  # nn.Module attribute writes are slow: once is enough
+                self.ndim = x.dim()
+                self.channels = x.shape[1] if x.dim() > 1 else None
         return x
 
     def extra_repr(self) -> str:

