@@ -5,7 +5,8 @@ For each model, over the same calibration samples and batch size:
   * ``calibrate``: the prepared model's forward passes (observers collecting statistics),
   * ``quantize``: the whole ``torchpqt.quantize()`` call (capture + calibration + convert).
 Times are medians of ``--repeat`` interleaved runs in one process; the ratios are what we report.
-Peak memory (resident set high-water mark) is measured in a fresh subprocess per step.
+Peak memory is the resident-set high-water mark a step adds on top of the built model and data, measured
+in a fresh subprocess per step (Linux /proc).
 
     python benchmarks/calibration.py [--samples 300] [--batch 1] [--repeat 3] [--models cnn bert]
 """
@@ -82,8 +83,8 @@ def _config(samples: int, batch: int) -> dict:
     return {"preset": "performance", "stat_subset_size": samples, "stat_batch_size": batch}
 
 
-def step(name: str, what: str, samples: int, batch: int) -> float:
-    model, data = build(name)
+def step(name: str, what: str, samples: int, batch: int, built=None) -> float:
+    model, data = built if built is not None else build(name)
     data = data[:samples]
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -101,10 +102,21 @@ def step(name: str, what: str, samples: int, batch: int) -> float:
     return time.perf_counter() - t0
 
 
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:  # Linux: VmRSS (now), VmHWM (peak)
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _peak_rss_mib(name: str, what: str, samples: int, batch: int) -> float:
-    code = ("import sys, resource; sys.path.insert(0, 'benchmarks'); import calibration as c; "
-            f"c.step({name!r}, {what!r}, {samples}, {batch}); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    """Peak resident memory added by one step, in a fresh process: VmHWM after the step minus VmRSS once
+    the model and the data are built (so imports, weights and inputs are not counted)."""
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import calibration as c; "
+            f"built = c.build({name!r}); base = c._status_mib('VmRSS'); "
+            f"c.step({name!r}, {what!r}, {samples}, {batch}, built); "
+            "print(c._status_mib('VmHWM') - base)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

@@ -253,6 +253,113 @@ class GroupedConv(nn.Module):
         return self.head(F.relu(self.grouped(F.relu(self.conv(x)))))
 
 
+class ActEltwise(nn.Module):
+    """Sigmoid and Tanh branches joined by an activation x activation Multiply and Add, then a conv
+    (the GNA activation/eltwise rules of spec §7.3: q32_a inputs and q16_o outputs on Sigmoid/Tanh,
+    q32_o outputs on Add/Multiply)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a, self.conv_b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        a, b = torch.sigmoid(self.conv_a(x)), torch.tanh(self.conv_b(x))
+        return self.head(a * b + a)
+
+
+class MobileNetBlock(nn.Module):
+    """conv-bn-relu6, depthwise conv-bn-relu6, linear 1x1 conv-bn, residual add, stride-2 head conv.
+    ReLU6 is an OpenVINO Clamp (spec §7.4 CPU patterns); the 1x1 conv follows a Clamp, so no channel
+    alignment (spec §10.3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), _random_bn(nn.BatchNorm2d(8)),
+                                  nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+                                _random_bn(nn.BatchNorm2d(8)), nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), _random_bn(nn.BatchNorm2d(8)))
+        self.head = nn.Conv2d(8, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(F.relu(x + self.pw(self.dw(x))))
+
+
+class HardSwish(nn.Module):
+    """conv -> hardswish -> conv (the HSwish patterns of spec §7.4), and a hardswish on the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 3, padding=1)
+        self.act = nn.Hardswish()
+
+    def forward(self, x):
+        return self.conv2(self.act(self.conv1(x)))
+
+
+class GroupedConvTranspose(nn.Module):
+    """ConvTranspose2d with groups=2: OpenVINO GroupConvolutionBackpropData, weights [G, Cin/G, Cout/G, kH,
+    kW] in the IR (spec §4.5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2)
+        self.head = nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.up(F.relu(self.conv(x)))))
+
+
+class UpsampleConv(nn.Module):
+    """nn.Upsample (nearest, and bilinear) feeding convs: Interpolate is input-only quantizable (spec §7.2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.up_bl = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.head_a, self.head_b = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.head_a(self.up(F.relu(y))) + self.head_b(self.up_bl(y))
+
+
+class Concat3Pool(nn.Module):
+    """Concat of three branches (ReLU conv, signed conv, maxpool of the input) into a conv (spec §4.7
+    unified scales across the branches, FQs propagated up through MaxPool and Concat)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, stride=1, padding=1)
+        self.c = nn.Conv2d(11, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(torch.cat([F.relu(self.a(x)), self.b(x), self.pool(x)], 1))
+
+
+class TinyBert(nn.Module):
+    """HuggingFace BertModel (vocab 100, hidden 32, 2 layers, 2 heads, intermediate 64, 32 positions, eager
+    attention) over int64 input_ids and attention_mask [1, 8]; returns last_hidden_state and pooler_output."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0, attn_implementation="eager")
+        self.bert = BertModel(cfg)
+
+    def forward(self, input_ids, attention_mask):
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state, out.pooler_output
+
+
 def _probe(cls):
     def builder() -> nn.Module:
         return cls()
@@ -270,8 +377,16 @@ preproc_sub_mul = _probe(PreprocSubMul)
 matmul_const = _probe(MatMulConst)
 conv_transpose = _probe(ConvTranspose)
 grouped_conv = _probe(GroupedConv)
+act_eltwise = _probe(ActEltwise)
+mobilenet_block = _probe(MobileNetBlock)
+hardswish = _probe(HardSwish)
+grouped_conv_transpose = _probe(GroupedConvTranspose)
+upsample_conv = _probe(UpsampleConv)
+concat3_pool = _probe(Concat3Pool)
+tiny_bert = _probe(TinyBert)
 
-# name -> (builder, input: ("image", shape) | ("ids", shape, vocab) | ("features", shape))
+# name -> (builder, input: ("image", shape) | ("ids", shape, vocab) | ("ids+mask", shape, vocab) |
+#                          ("features", shape))
 MODELS = {
     "tiny_cnn": (tiny_cnn, ("image", (3, 16, 16))),
     "small_transformer": (small_transformer, ("ids", (8,), 32)),
@@ -283,6 +398,13 @@ MODELS = {
     "matmul_const": (matmul_const, ("features", (4, 16))),
     "conv_transpose": (conv_transpose, ("image", (3, 8, 8))),
     "grouped_conv": (grouped_conv, ("image", (3, 8, 8))),
+    "act_eltwise": (act_eltwise, ("image", (3, 8, 8))),
+    "mobilenet_block": (mobilenet_block, ("image", (3, 8, 8))),
+    "hardswish": (hardswish, ("image", (3, 8, 8))),
+    "grouped_conv_transpose": (grouped_conv_transpose, ("image", (3, 8, 8))),
+    "upsample_conv": (upsample_conv, ("image", (3, 8, 8))),
+    "concat3_pool": (concat3_pool, ("image", (3, 8, 8))),
+    "tiny_bert": (tiny_bert, ("ids+mask", (8,), 100)),
 }
 
 
@@ -295,7 +417,8 @@ def calibration_data(model_name: str, n: int, seed: int = 0) -> list[torch.Tenso
     """``n`` seeded samples for ``model_name``, each a tensor with batch dimension 1.
 
     Images and features are standard normal float32 (images get a per-sample scale in [0.5, 2) so the
-    aggregators see different ranges); ids are int64 uniform over the vocabulary.
+    aggregators see different ranges); ids are int64 uniform over the vocabulary. ``ids+mask`` samples are
+    tuples ``(input_ids, attention_mask)``: a random length in [4, len], padded with id 0 and mask 0.
     """
     kind = MODELS[model_name][1]
     g = torch.Generator().manual_seed(seed)
@@ -303,12 +426,19 @@ def calibration_data(model_name: str, n: int, seed: int = 0) -> list[torch.Tenso
     for _ in range(n):
         if kind[0] == "ids":
             samples.append(torch.randint(0, kind[2], (1, *kind[1]), generator=g, dtype=torch.int64))
+        elif kind[0] == "ids+mask":
+            ids = torch.randint(1, kind[2], (1, *kind[1]), generator=g, dtype=torch.int64)
+            length = int(torch.randint(4, kind[1][-1] + 1, (), generator=g))
+            mask = torch.ones_like(ids)
+            mask[..., length:] = 0
+            ids[..., length:] = 0
+            samples.append((ids, mask))
         else:
             scale = 0.5 + 1.5 * torch.rand((), generator=g)
             samples.append(torch.randn((1, *kind[1]), generator=g) * scale)
     return samples
 
 
-def example_input(model_name: str) -> torch.Tensor:
+def example_input(model_name: str) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """One sample (the first calibration sample)."""
     return calibration_data(model_name, 1)[0]
