@@ -354,6 +354,11 @@ class TinyBert(nn.Module):
                          intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
                          attention_probs_dropout_prob=0.0, attn_implementation="eager")
         self.bert = BertModel(cfg)
+        with torch.no_grad():  # HF initializes LayerNorm to (1, 0): the converter would drop Multiply(1)/Add(0)
+            for m in self.bert.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.weight.copy_(torch.rand(m.weight.shape) + 0.5)
+                    m.bias.copy_(torch.randn(m.bias.shape) * 0.1)
 
     def forward(self, input_ids, attention_mask):
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask)

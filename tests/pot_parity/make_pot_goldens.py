@@ -84,25 +84,62 @@ def cases() -> dict[str, tuple[str, dict]]:
                   "matmul_const", "conv_transpose", "grouped_conv"):
         out[f"{model}-cpu-performance"] = (model, _params())
     out["concat_conv-cpu-mixed"] = ("concat_conv", _params(preset="mixed"))
+    # GNA targets: apply_pot_transformations at load, `outputs` FQs, Result-input FQs, OverflowCorrection
+    for model in ("tiny_cnn", "small_transformer", "act_eltwise"):
+        for device in ("GNA", "GNA3"):
+            out[f"{model}-{device.lower()}-performance"] = (model, _params(target_device=device))
+    # HuggingFace BERT (two int64 inputs, padding in the attention mask)
+    out["tiny_bert-cpu-performance"] = ("tiny_bert", _params())
+    out["tiny_bert-cpu-mixed"] = ("tiny_bert", _params(preset="mixed"))
+    out["tiny_bert-cpu-transformer-performance"] = ("tiny_bert", _params(model_type="transformer"))
+    out["tiny_bert-cpu-transformer-mixed"] = ("tiny_bert", _params(model_type="transformer", preset="mixed"))
+    for model in ("act_eltwise", "mobilenet_block", "hardswish", "grouped_conv_transpose", "upsample_conv",
+                  "concat3_pool"):
+        out[f"{model}-cpu-performance"] = (model, _params())
+    out["concat3_pool-cpu-mixed"] = ("concat3_pool", _params(preset="mixed"))
+    # `ignored`: POT scope names are IR names; TORCHPQT_PARAMS gives the torch-side spelling
+    out["mobilenet_block-cpu-performance-ignored"] = ("mobilenet_block", _params(ignored={
+        "scope": [_IGNORED_SCOPE_IR],
+        "operations": [{"type": "Convolution", "attributes": {"strides": [2, 2]}}]}))
     return out
+
+
+# POT IR name of mobilenet_block's 1x1 conv (BatchNorm folded in) and its torch module path
+_IGNORED_SCOPE_IR, _IGNORED_SCOPE_TORCH = "/pw/pw.0/Conv/WithoutBiases", "pw.0"
+
+# case id -> the params torchpqt gets where they differ from POT's (scope names are module paths there)
+TORCHPQT_PARAMS = {
+    "mobilenet_block-cpu-performance-ignored": _params(ignored={
+        "scope": [_IGNORED_SCOPE_TORCH],
+        "operations": [{"type": "Convolution", "attributes": {"strides": [2, 2]}}]}),
+}
 
 
 # --- ONNX side ----------------------------------------------------------------------------------------
 
 
 def input_names(model_name: str) -> list[str]:
-    return ["input_ids"] if models.MODELS[model_name][1][0] == "ids" else ["input"]
+    kind = models.MODELS[model_name][1][0]
+    return {"ids": ["input_ids"], "ids+mask": ["input_ids", "attention_mask"]}.get(kind, ["input"])
+
+
+def _as_tuple(sample) -> tuple:
+    return sample if isinstance(sample, tuple) else (sample,)
 
 
 def export_onnx(model_name: str, path: Path, dynamic_batch: bool = False) -> None:
-    """Static shapes of one sample, or a dynamic batch axis where POT stacks samples (stat_batch_size > 1)."""
+    """Static shapes of one sample, or a dynamic batch axis where POT stacks samples (stat_batch_size > 1).
+    Outputs are named ``output``, ``output_1``, ... (one per model output)."""
     model = models.build(model_name)
-    example = models.example_input(model_name)
+    example = _as_tuple(models.example_input(model_name))
     names = input_names(model_name)
-    axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
     with torch.no_grad():
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=names, output_names=["output"], dynamic_axes=axes)
+        n_out = len(_as_tuple(model(*example)))
+    outputs = ["output"] + [f"output_{i}" for i in range(1, n_out)]
+    axes = {n: {0: "batch"} for n in [*names, *outputs]} if dynamic_batch else None
+    with torch.no_grad():
+        torch.onnx.export(model, example, str(path), dynamo=False, opset_version=OPSET,
+                          input_names=names, output_names=outputs, dynamic_axes=axes)
 
 
 def module_of(onnx_name: str, modules: set[str]) -> str:
@@ -246,7 +283,8 @@ def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_r
         export_onnx(model_name, onnx_path, dynamic_batch)
         data = models.calibration_data(model_name, N_SAMPLES)
         names = input_names(model_name)
-        np.savez(tmp / "data.npz", **{names[0]: torch.cat(data).numpy()})
+        columns = list(zip(*(_as_tuple(x) for x in data)))
+        np.savez(tmp / "data.npz", **{name: torch.cat(col).numpy() for name, col in zip(names, columns)})
         (tmp / "params.json").write_text(json.dumps(params))
         cmd = [pot_python, str(HERE / "pot_f32.py"), pot_reference, str(onnx_path), str(tmp / "data.npz"),
                str(tmp / "params.json"), str(tmp / "dump.json"), "--save-ir", str(tmp / "ir")]
@@ -264,6 +302,7 @@ def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_r
         "case": case_id,
         "model": model_name,
         "params": params,
+        "torchpqt_params": TORCHPQT_PARAMS.get(case_id, params),
         "data": {"source": "tests/models.py calibration_data(model, n, seed=0)", "n": N_SAMPLES, "seed": 0,
                  "npz_keys": names},
         "onnx": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET, "torch": torch.__version__,

@@ -78,8 +78,10 @@ def minmax(
         return v, v
     if x.is_contiguous() and (granularity == "pertensor" or channel_axis % x.ndim == 1):
         rows = _rows(x, granularity, channel_axis, per_batch)  # a view: no copy
-        # amin + amax rather than aminmax(dim=-1): measured 10-20x faster on CPU with torch 2.13
-        mn, mx = rows.amin(dim=-1), rows.amax(dim=-1)
+        if rows.dim() == 2 and rows.shape[0] == 1:  # one row: a full reduction is the cheapest call
+            mn, mx = (t.reshape(1) for t in torch.aminmax(rows))
+        else:  # amin + amax rather than aminmax(dim=-1): measured 10-20x faster on CPU with torch 2.13
+            mn, mx = rows.amin(dim=-1), rows.amax(dim=-1)
     else:
         mn, mx = x.amin(dim=dims), x.amax(dim=dims)  # two passes, still no copy of x
         if granularity == "pertensor":
