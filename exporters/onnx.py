@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 
 import torchpqt.quant.fake_quantize  # noqa: F401 -- registers torch.ops.torchpqt.fake_quantize
 from torchpqt.errors import ExportError
+from torchpqt.graph.capture import split_inputs
 
 __all__ = ["OV_DOMAIN", "export", "export_proto"]
 
@@ -98,12 +99,8 @@ def eval_mode(model: torch.nn.Module):
 
 
 def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
+    if isinstance(example_inputs, (torch.Tensor, dict, tuple, list)):
+        return split_inputs(example_inputs)
     raise ExportError("torchpqt.exporters: example_inputs must be a tensor, a tuple/list of inputs or a "
                       f"dict of keyword inputs, got {type(example_inputs).__name__}")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -14,20 +14,11 @@ from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
 from torchpqt.errors import ConfigError, TorchPQTError
+from torchpqt.graph.capture import split_inputs
 
 logger = logging.getLogger("torchpqt")
 
 Inputs = tuple[tuple, dict]
-
-
-def as_call(inputs: Any) -> Inputs:
-    """A calibration item as ``(args, kwargs)``: a tensor is one positional input, a tuple/list
-    positional inputs, a dict keyword inputs."""
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    if isinstance(inputs, (tuple, list)):
-        return tuple(inputs), {}
-    return (inputs,), {}
 
 
 def _num_samples(call: Inputs) -> int:
@@ -81,7 +72,7 @@ def calibration_batches(data: Iterable, config, transform_fn: Callable | None = 
     pending: list[Inputs] = []
     pending_n = taken = 0
     for item in _items(data, config):
-        call = as_call(transform_fn(item) if transform_fn is not None else item)
+        call = split_inputs(transform_fn(item) if transform_fn is not None else item)
         n = _num_samples(call)
         start = 0
         while start < n and (limit is None or taken < limit):

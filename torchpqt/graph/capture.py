@@ -20,6 +20,7 @@ import torch
 from torch import fx
 
 from torchpqt.errors import CaptureError
+from torchpqt.graph.attrs import get_attr_tensor, unique_attr_name
 from torchpqt.graph.fusions import fuse_constants
 from torchpqt.graph.ops import packet_name
 
@@ -148,20 +149,10 @@ def _drop_guards(gm: fx.GraphModule) -> None:
                 delattr(gm, "_guards_fn")
 
 
-def get_attr_tensor(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
-    obj = gm
-    for part in node.target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _register(gm: fx.GraphModule, hint: str, tensor: torch.Tensor) -> str:
-    name = hint.replace(".", "_")
-    i = 0
-    while hasattr(gm, f"{name}_{i}"):
-        i += 1
-    gm.register_parameter(f"{name}_{i}", torch.nn.Parameter(tensor, requires_grad=False))
-    return f"{name}_{i}"
+    name = unique_attr_name(gm, hint)
+    gm.register_parameter(name, torch.nn.Parameter(tensor, requires_grad=False))
+    return name
 
 
 def _bn_params(gm, bn: fx.Node):

@@ -19,6 +19,7 @@ import numbers
 import torch
 from torch import fx
 
+from torchpqt.graph.attrs import get_attr_tensor, unique_attr_name
 from torchpqt.graph.ops import packet_name
 
 aten = torch.ops.aten
@@ -29,10 +30,7 @@ _ELTWISE = ("add", "sub", "rsub", "mul", "div")
 def _attr(gm: fx.GraphModule, node) -> torch.Tensor | None:
     if not isinstance(node, fx.Node) or node.op != "get_attr":
         return None
-    obj = gm
-    for part in node.target.split("."):
-        obj = getattr(obj, part)
-    return obj.detach()
+    return get_attr_tensor(gm, node).detach()
 
 
 def _constant(gm, value) -> torch.Tensor | None:
@@ -43,13 +41,10 @@ def _constant(gm, value) -> torch.Tensor | None:
 
 
 def _register(gm: fx.GraphModule, hint: str, tensor: torch.Tensor, before: fx.Node) -> fx.Node:
-    base = hint.replace(".", "_")
-    i = 0
-    while hasattr(gm, f"{base}_{i}"):
-        i += 1
-    gm.register_buffer(f"{base}_{i}", tensor.contiguous())
+    name = unique_attr_name(gm, hint)
+    gm.register_buffer(name, tensor.contiguous())
     with gm.graph.inserting_before(before):
-        node = gm.graph.get_attr(f"{base}_{i}")
+        node = gm.graph.get_attr(name)
     node.meta["val"] = tensor
     return node
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from torchpqt.graph.attrs import get_attr_tensor
 from torchpqt.graph.ops import IDENTITY, OpInfo, classify, packet_name
 
 PARAMETER, CONST, RESULT = "Parameter", "Const", "Result"
@@ -91,10 +92,7 @@ class GraphView:
     def const_value(self, node: fx.Node) -> torch.Tensor:
         """Evaluate a constant node (a parameter, or an op on parameters such as ``weight.t()``)."""
         if node.op == "get_attr":
-            obj = self.gm
-            for part in node.target.split("."):
-                obj = getattr(obj, part)
-            return obj.detach()
+            return get_attr_tensor(self.gm, node).detach()
         args = fx.node.map_arg(node.args, self.const_value)
         kwargs = fx.node.map_arg(node.kwargs, self.const_value)
         with torch.no_grad():

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torchpqt.errors import ConfigError
-from torchpqt.hardware.config import GROUPS, QConfig
+from torchpqt.hardware.config import _GRANULARITIES, _MODES, GROUPS, QConfig, _is_int
 
 __all__ = ["USER_KEYS", "apply_user_section"]
 
@@ -23,14 +23,10 @@ logger = logging.getLogger("torchpqt")
 #: POT: ``QUANTIZATION_PARAMETERS`` in ``fake_quantize_configuration.py``.
 USER_KEYS: tuple[str, ...] = ("bits", "mode", "granularity", "level_low", "level_high")
 
-_ALLOWED = {"mode": ("symmetric", "asymmetric"), "granularity": ("pertensor", "perchannel")}
+_ALLOWED = {"mode": _MODES, "granularity": _GRANULARITIES}
 
 # (group, user keys) pairs already warned about, so a model with 100 FQs logs once.
 _warned: set[tuple[str, tuple[tuple[str, Any], ...]]] = set()
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_value(group: str, key: str, value: Any) -> None:
