@@ -314,7 +314,8 @@ class GroupedConvTranspose(nn.Module):
 
 
 class UpsampleConv(nn.Module):
-    """nn.Upsample (nearest, and bilinear) feeding convs: Interpolate is input-only quantizable (spec §7.2)."""
+    """nn.Upsample (nearest, and bilinear) feeding convs: Interpolate is input-only quantizable
+    (spec §7.2)."""
 
     def __init__(self):
         super().__init__()
@@ -354,11 +355,16 @@ class TinyBert(nn.Module):
                          intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
                          attention_probs_dropout_prob=0.0, attn_implementation="eager")
         self.bert = BertModel(cfg)
-        with torch.no_grad():  # HF initializes LayerNorm to (1, 0): the converter would drop Multiply(1)/Add(0)
+        # HF initializes biases to 0 and LayerNorm to (1, 0), which a trained model does not have: the
+        # converter drops an Add of zeros (and Multiply by ones), so the IR would lose the bias Adds that
+        # POT's patterns look for (spec §7.4). Randomize them.
+        with torch.no_grad():
             for m in self.bert.modules():
                 if isinstance(m, nn.LayerNorm):
                     m.weight.copy_(torch.rand(m.weight.shape) + 0.5)
                     m.bias.copy_(torch.randn(m.bias.shape) * 0.1)
+                elif isinstance(m, nn.Linear):
+                    m.bias.copy_(torch.randn(m.bias.shape) * 0.05)
 
     def forward(self, input_ids, attention_mask):
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask)

@@ -21,9 +21,13 @@ Options (or environment variables):
 Pipeline per case: build the seeded model, take ``calibration_data(model, n)``, export the FP32 model with
 ``torch.onnx.export(dynamo=False, opset_version=13)`` (opset 13: OpenVINO 2023.3 turns the exported
 LayerNorm into MVN→Multiply→Add and the erf GELU into Gelu, as spec §0.1 describes; opset 17's
-LayerNormalization would be spelled out op by op), save the data as npz keyed by ONNX input names, run
+LayerNormalization would be spelled out op by op; the hardswish probe uses opset 14, see OPSET_OF), save
+the data as npz keyed by ONNX input names (a tuple sample gives one array per input), run
 pot_reference.py through pot_f32.py (FP32 CPU inference, see there), and parse the saved quantized IR for
 the exact consumer ports.
+
+POT's ``ignored.scope`` names IR nodes; for such cases TORCHPQT_PARAMS holds the same params spelled with
+torch module paths, recorded as ``torchpqt_params`` next to ``params``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ import models
 from pot_keys import assign_keys, leaf_modules, norm_type
 
 OPSET = 13
+# hardswish: opset 14's HardSwish becomes OpenVINO HSwish, what OpenVINO makes of aten::hardswish; opset 13
+# spells it x * HardSigmoid(x), which no converter path of a torch model produces
+OPSET_OF = {"hardswish": 14}
 N_SAMPLES = 12  # calibration_data(model, N_SAMPLES); stat_subset_size picks the first 10
 BASE = {"target_device": "CPU", "preset": "performance", "stat_subset_size": 10}
 
@@ -138,7 +145,8 @@ def export_onnx(model_name: str, path: Path, dynamic_batch: bool = False) -> Non
     outputs = ["output"] + [f"output_{i}" for i in range(1, n_out)]
     axes = {n: {0: "batch"} for n in [*names, *outputs]} if dynamic_batch else None
     with torch.no_grad():
-        torch.onnx.export(model, example, str(path), dynamo=False, opset_version=OPSET,
+        torch.onnx.export(model, example, str(path), dynamo=False,
+                          opset_version=OPSET_OF.get(model_name, OPSET),
                           input_names=names, output_names=outputs, dynamic_axes=axes)
 
 
@@ -156,13 +164,15 @@ def module_of(onnx_name: str, modules: set[str]) -> str:
     return path
 
 
-def onnx_nodes(path: Path, model_name: str) -> list[dict]:
+def onnx_nodes(path: Path, model_name: str) -> tuple[list[dict], list[str]]:
+    """The ONNX nodes (name, op type, torch module, input/output tensors) and the graph output names."""
     import onnx
 
     modules = {n for n, _ in models.build(model_name).named_modules() if n}
     graph = onnx.load(str(path)).graph
-    return [{"name": n.name, "op_type": n.op_type, "module": module_of(n.name, modules),
-             "inputs": list(n.input), "outputs": list(n.output)} for n in graph.node]
+    return ([{"name": n.name, "op_type": n.op_type, "module": module_of(n.name, modules),
+              "inputs": list(n.input), "outputs": list(n.output)} for n in graph.node],
+            [o.name for o in graph.output])
 
 
 # --- IR side ------------------------------------------------------------------------------------------
@@ -181,13 +191,18 @@ def read_ir(xml_path: Path) -> tuple[dict, list]:
     return layers, edges
 
 
-def ov_keys(layers: dict, edges: list, nodes: list[dict], leaves: dict[str, str]) -> dict[str, dict]:
+def ov_keys(layers: dict, edges: list, nodes: list[dict], leaves: dict[str, str],
+            outputs: list[str]) -> dict[str, dict]:
     """Map each IR op (by name) to its ONNX node and a torch op key (tests/pot_parity/pot_keys.py).
 
     OpenVINO names an op after its ONNX node (``/res_a/Conv/WithoutBiases`` for the bias-less part of
-    a Conv) or after the ONNX output tensor (``output``); ops the converter creates itself get generated
-    names (``ConvolutionBackpropData_2349``, ``Multiply_1226``) and are mapped, when they feed a bias Add,
-    to that Add's ONNX node; otherwise they have no torch counterpart (key None)."""
+    a Conv) or after the ONNX output tensor (``output``; ``output/pre_fq_input`` once POT put an FQ
+    between it and the Result); ops the converter creates itself get generated names
+    (``ConvolutionBackpropData_2349``, ``Multiply_1226``) and are mapped, when they feed a bias Add, to
+    that Add's ONNX node; a generated Multiply feeding one MatMul (the attention scale the converter
+    moves onto K, spec §0.1) is keyed as a Multiply of that MatMul's module; other generated ops have no
+    torch counterpart (key None). The Result of ONNX output ``outputs[i]`` (``output/sink_port_0``) is
+    ``["<output>", i]``."""
     by_name = {n["name"]: i for i, n in enumerate(nodes)}
     by_output = {o: i for i, n in enumerate(nodes) for o in n["outputs"]}
     consumers: dict[str, list[str]] = {}
@@ -198,7 +213,7 @@ def ov_keys(layers: dict, edges: list, nodes: list[dict], leaves: dict[str, str]
             input0[dst] = src
 
     def direct(name: str) -> int | None:
-        for cand in (name, name.removesuffix("/WithoutBiases")):
+        for cand in (name, name.removesuffix("/WithoutBiases"), name.removesuffix("/pre_fq_input")):
             if cand in by_name:
                 return by_name[cand]
             if cand in by_output:
@@ -225,13 +240,31 @@ def ov_keys(layers: dict, edges: list, nodes: list[dict], leaves: dict[str, str]
             outs = consumers.get(lid, [])
             if len(outs) == 1 and layers[outs[0]][1] == "Add" and onnx_idx[outs[0]] is not None:
                 onnx_idx[lid] = weighted_upstream(onnx_idx[outs[0]])
+
+    def real_consumers(lid: str) -> list[str]:
+        """Consumers of ``lid``, looking through the FQs POT inserted."""
+        out = []
+        for c in consumers.get(lid, []):
+            out += real_consumers(c) if layers[c][1] == "FakeQuantize" else [c]
+        return out
+
+    scale_of: dict[str, str] = {}  # generated Multiply -> the MatMul it feeds
+    for lid, (name, t) in layers.items():
+        if onnx_idx[lid] is None and t == "Multiply":
+            outs = set(real_consumers(lid))
+            if len(outs) == 1 and layers[next(iter(outs))][1] == "MatMul":
+                mm = next(iter(outs))
+                if onnx_idx[mm] is not None:
+                    onnx_idx[lid], scale_of[lid] = onnx_idx[mm], mm
     for dst, src in list(input0.items()):
         while layers[src][1] == "FakeQuantize" and src in input0:
             src = input0[src]  # look through the FQs POT inserted
         input0[dst] = src
     params = sorted((int(lid) for lid, (_, t) in layers.items() if t == "Parameter"))
     ops = [lid for lid, (_, t) in layers.items() if t not in _SKIP_TYPES or t == "Parameter"]
-    order = sorted(ops, key=lambda lid: (onnx_idx[lid] if onnx_idx[lid] is not None else -1, int(lid)))
+    # execution order: ONNX node order; a moved attention scale runs just before its MatMul
+    order = sorted(ops, key=lambda lid: (onnx_idx[lid] if onnx_idx[lid] is not None else -1,
+                                         lid not in scale_of, int(lid)))
     key_of = assign_keys(
         order,
         module_of=lambda lid: nodes[onnx_idx[lid]]["module"] if onnx_idx[lid] is not None else None,
@@ -239,8 +272,12 @@ def ov_keys(layers: dict, edges: list, nodes: list[dict], leaves: dict[str, str]
         input0_of=lambda lid: input0.get(lid),
         is_input=lambda lid: params.index(int(lid)) if layers[lid][1] == "Parameter" else None,
         leaves=leaves)
+    for lid, (name, t) in layers.items():
+        if t == "Result" and name.removesuffix("/sink_port_0") in outputs:
+            key_of[lid] = ["<output>", outputs.index(name.removesuffix("/sink_port_0"))]
+
     def onnx_name(lid):
-        return nodes[onnx_idx[lid]]["name"] if onnx_idx[lid] is not None else None
+        return nodes[onnx_idx[lid]]["name"] if onnx_idx[lid] is not None and lid not in scale_of else None
 
     return {name: {"type": t, "onnx_node": onnx_name(lid), "key": key_of.get(lid)}
             for lid, (name, t) in layers.items() if lid in key_of}
@@ -292,9 +329,9 @@ def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_r
         if proc.returncode != 0:
             raise RuntimeError(f"{case_id}: POT failed\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         dump = json.loads((tmp / "dump.json").read_text())
-        nodes = onnx_nodes(onnx_path, model_name)
+        nodes, outputs = onnx_nodes(onnx_path, model_name)
         layers, edges = read_ir(tmp / "ir" / "pot_quantized.xml")
-        ov = ov_keys(layers, edges, nodes, leaf_modules(models.build(model_name)))
+        ov = ov_keys(layers, edges, nodes, leaf_modules(models.build(model_name)), outputs)
         fq_edges(dump, layers, edges, ov)
     used = {e["consumer"] for rec in dump.values() for e in rec["edges"]}
     used |= {rec["producer"].rsplit(":", 1)[0] for rec in dump.values()}
@@ -302,10 +339,10 @@ def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_r
         "case": case_id,
         "model": model_name,
         "params": params,
-        "torchpqt_params": TORCHPQT_PARAMS.get(case_id, params),
         "data": {"source": "tests/models.py calibration_data(model, n, seed=0)", "n": N_SAMPLES, "seed": 0,
                  "npz_keys": names},
-        "onnx": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET, "torch": torch.__version__,
+        "onnx": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET_OF.get(model_name, OPSET),
+                 "torch": torch.__version__,
                  "dynamic_batch": dynamic_batch},
         "pot": {"version": "openvino-dev 2023.3.0", "runner": "shared/tools/pot_reference/pot_reference.py",
                 "inference_precision": "f32 (tests/pot_parity/pot_f32.py)"},
@@ -314,6 +351,9 @@ def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_r
         "onnx_nodes": [[n["name"], n["op_type"], n["module"]] for n in nodes if n["op_type"] != "Constant"],
         "fake_quantize": dump,
     }
+    if case_id in TORCHPQT_PARAMS:
+        record = {**record, "torchpqt_params": TORCHPQT_PARAMS[case_id]}
+        record = {k: record[k] for k in ("case", "model", "params", "torchpqt_params", *record)}
     path = out_dir / f"{case_id}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     return path

@@ -7,7 +7,8 @@ A key names one op so that both graphs agree on it without sharing node names:
   Convolution/WithoutBiases + Add) where the torch graph keeps one op;
 * a layout op (Reshape, Transpose, ...) is ``[module, type, "of", key of its input 0]``, since the ONNX
   exporter merges consecutive transposes and the counts differ;
-* a network input is ``["<input>", position]``;
+* a network input is ``["<input>", position]``, a network output (Result, input port 0) ``["<output>",
+  position]``;
 * any other op is ``[module, type, k]``: the k-th op of that type called from that module (not counting the
   two kinds above), in execution order.
 """
