@@ -93,8 +93,8 @@ def _config(config, target_device: str | None) -> DefaultQuantizationConfig:
 
 def _plan(model: torch.nn.Module, example_inputs, cfg) -> tuple[fx.GraphModule, GraphView, QuantizationPlan]:
     gm = capture(model, example_inputs)
-    view = GraphView(gm)
     hw = load_hardware_config(cfg.target_device)
+    view = GraphView(gm, frozenset(hw.ops))
     placement = place(view, hw, cfg)
     points = resolve_points(placement, hw, cfg)
     rescale = rescaled_ops(view, cfg)

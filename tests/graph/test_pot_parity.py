@@ -51,7 +51,7 @@ KNOWN: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
     (("tiny_cnn-gna-performance",),
      ("/stem/stem.0/Conv/WithoutBiases/fq_weights_1", "/res_a/Conv/WithoutBiases/fq_weights_1",
       "/cat_a/Conv/WithoutBiases/fq_weights_1", "/cat_b/Conv/WithoutBiases/fq_weights_1",
-      "/fuse/Conv/WithoutBiases/fq_weights_1"),
+      "/fuse/Conv/WithoutBiases/fq_weights_1", "/dw/Conv/WithoutBiases/fq_weights_1"),
      ("OverflowCorrection (spec §10.4, overflow_correction/algorithm.py; GNA targets, weight FQs with "
       "levels > 255) is not implemented: POT divides W by r and multiplies the weight FQ's ol/oh by r; "
       "il/ih agree")),
@@ -59,33 +59,6 @@ KNOWN: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
      ("/conv_a/Conv/WithoutBiases/fq_weights_1", "/conv_b/Conv/WithoutBiases/fq_weights_1",
       "/head/Conv/WithoutBiases/fq_weights_1"),
      "OverflowCorrection (spec §10.4) is not implemented: POT's 16-bit weight FQs have ol/oh scaled by r"),
-    (("tiny_cnn-gna-performance", "tiny_cnn-gna3-performance"),
-     ("/dw/Conv/WithoutBiases/fq_weights_1", "counts"),
-     ("depthwise conv on GNA: POT types a conv DepthWiseConvolution only when the HW config lists that "
-      "type (graph/utils.py::get_hardware_config_operation_type); gna.json/gna3.json do not, so POT "
-      "quantizes it as a Convolution (16/8-bit weights FQ); torchpqt always types it DepthWiseConvolution "
-      "and gives it no weights FQ on GNA")),
-    (("small_transformer-gna-performance", "small_transformer-gna3-performance"),
-     ("/Add/fq_input_0", "counts"),
-     ("GNA: Gather is not in gna.json/gna3.json, and POT's quantize-agnostic set is "
-      "QUANTIZE_AGNOSTIC_OPERATIONS restricted to the HW config's ops (graph/transformer.py), so the FQ "
-      "stays on the embedding output (activations); torchpqt moves it through Gather onto the table "
-      "(embed/fq_weights_0)")),
-    (("small_transformer-gna-performance", "small_transformer-gna3-performance"), ("extra",),
-     ("embed/fq_weights_0 (see /Add/fq_input_0), and attn.v/fq_output_0_0: POT marks every node of the "
-      "SoftMax->MatMul<-Transpose<-Reshape<-Add attention block skipped "
-      "(SpecialBlocksMarker.mark_block_nodes, spec §7.4) and insert_output_fake_quantize puts no output FQ "
-      "on an edge into a skipped consumer (the Reshape after v's bias); torchpqt marks only the block's "
-      "SoftMax and MatMul")),
-    (("concat3_pool-cpu-*",), ("/Concat/fq_input_0", "/Concat/fq_input_1"),
-     ("scale unification (spec §4.7, find_fqs_to_unify) walks up through quantize-agnostic ops: the "
-      "MaxPool branch's FQ (merged into the network-input FQ) joins the Concat group, so all three get the "
-      "union range; torchpqt's _unify_groups wants an FQ right on every Concat input, unifies nothing")),
-    (("grouped_conv_transpose-cpu-performance",), ("counts", "extra"),
-     ("POT's IR reader keeps GroupConvolutionBackpropData as its own type (mo layer_to_class: only "
-      "GroupConvolution becomes Convolution) and cpu.json lists only ConvolutionBackpropData, so POT puts "
-      "no FQ on a grouped ConvTranspose; torchpqt quantizes it as ConvolutionBackpropData (up/fq_input_0, "
-      "up/fq_weights_1)")),
     (("tiny_bert-cpu-performance", "tiny_bert-cpu-mixed"),
      ("/bert/embeddings/Add/fq_weights_1", "/bert/embeddings/Add_1/fq_weights_1", "extra"),
      ("OpenVINO constant-folds the token-type and position embedding lookups (constant ids: the zero "

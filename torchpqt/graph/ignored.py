@@ -13,7 +13,7 @@ import re
 from torch import fx
 
 from torchpqt.errors import ScopeError
-from torchpqt.graph.ops import AGNOSTIC_TYPES, IDENTITY
+from torchpqt.graph.ops import IDENTITY
 from torchpqt.graph.view import GraphView
 
 # POT: algorithms/quantization/utils.py::get_ignored_operations (model_type "transformer").
@@ -95,7 +95,7 @@ def _match_operations(ops, config, ignored) -> None:
 
 def _extend_through_agnostic(view: GraphView, ignored: dict) -> None:
     # POT: an ignored quantize-agnostic node passes the ignore on to its direct consumers.
-    for node in [n for n in ignored if view.type_of(n) in AGNOSTIC_TYPES]:
+    for node in [n for n in ignored if view.type_of(n) in view.agnostic_types]:
         for user in node.users:
             if user.op == "call_function" and user not in ignored:
                 ignored[user] = f"consumer of ignored {view.scope_of(node)}"

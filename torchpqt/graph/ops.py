@@ -77,7 +77,8 @@ INPUT_ONLY_TYPES = frozenset({
     "Clamp", "MVN",
 })
 WEIGHTED_TYPES = frozenset({
-    "Convolution", "DepthWiseConvolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul",
+    "Convolution", "DepthWiseConvolution", "GroupConvolution", "ConvolutionBackpropData",
+    "GroupConvolutionBackpropData", "MatMul",
 })
 CONV_TYPES = frozenset({"Convolution", "DepthWiseConvolution", "GroupConvolution"})
 
@@ -164,8 +165,10 @@ def _weighted(node: fx.Node, name: str) -> tuple[str, dict, dict] | None:
     if name in ("conv1d", "conv2d", "conv3d", "convolution") or name.startswith("conv_transpose"):
         attrs = _conv_attributes(node, name)
         if attrs.pop("transposed"):
-            # POT: ConvolutionBackpropData weights are [Cin, Cout/groups, ...]; channel axis 1.
-            return "ConvolutionBackpropData", {"act": (0,), "w": 1, "axis": 1, "b": 2}, attrs
+            # POT: ConvolutionBackpropData weights are [Cin, Cout/groups, ...]; channel axis 1. A grouped one
+            # stays GroupConvolutionBackpropData in POT's IR, which no stock hardware config lists.
+            kind = "ConvolutionBackpropData" if attrs["group"] == 1 else "GroupConvolutionBackpropData"
+            return kind, {"act": (0,), "w": 1, "axis": 1, "b": 2}, attrs
         w = _tensor_meta(node.args[1])
         x = _tensor_meta(node.args[0])
         groups = attrs["group"]

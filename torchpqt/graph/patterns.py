@@ -85,14 +85,16 @@ def _attention(view: GraphView, softmax: fx.Node, skipped: dict) -> None:
     if user is None or view.type_of(user) != "MatMul" or len(user.args) < 2:
         return
     other = user.args[1]
-    steps = 0
-    while isinstance(other, fx.Node) and view.type_of(other) in _LAYOUT and steps < 6:
+    layout = []
+    while isinstance(other, fx.Node) and view.type_of(other) in _LAYOUT and len(layout) < 6:
+        layout.append(other)
         other = other.args[0]
-        steps += 1
-    if steps and isinstance(other, fx.Node) and view.type_of(other) in ("Add", "MatMul") \
+    if layout and isinstance(other, fx.Node) and view.type_of(other) in ("Add", "MatMul") \
             and (view.type_of(other) == "Add" or view.ops[other].bias_arg is not None):
         skipped[user] = "attention block (SoftMax -> MatMul <- Transpose <- Reshape <- Add)"
         skipped[softmax] = "attention block"
+        for node in layout:  # POT marks every node of the block (SpecialBlocksMarker.mark_block_nodes)
+            skipped[node] = "attention block"
 
 
 def _input_preprocessing(view: GraphView, param: fx.Node, skipped: dict) -> None:

@@ -11,7 +11,6 @@ from torch import fx
 from torchpqt.graph.ignored import match_ignored
 from torchpqt.graph.ops import (
     AGNOSTIC_TYPES,
-    IDENTITY,
     INPUT_ONLY_TYPES,
     MULTI_BRANCH_TYPES,
     WEIGHTED_TYPES,
@@ -58,7 +57,7 @@ def _quantizable_result(hw: HardwareConfig) -> bool:
 
 
 def _agnostic(view: GraphView, node: fx.Node) -> bool:
-    return view.type_of(node) in AGNOSTIC_TYPES
+    return view.type_of(node) in view.agnostic_types
 
 
 def _requested_edges(view: GraphView, hw: HardwareConfig, node: fx.Node) -> list[Edge]:
@@ -223,9 +222,14 @@ def _valuable_consumers(view, hw, edges, blocked) -> tuple[list[str], bool]:
     return types, act_matmul
 
 
-def _unify_groups(view: GraphView, sites: list[FQSite]) -> list[list[int]]:
-    """POT find_fqs_to_unify: FQs on the inputs of a Concat that feeds a conv / matmul are unified."""
-    by_edge = {e: i for i, s in enumerate(sites) if s.group == "activations" for e in s.edges}
+def _unify_groups(view: GraphView, hw: HardwareConfig, sites: list[FQSite]) -> list[list[int]]:
+    """POT find_fqs_to_unify: the FQs above the inputs of a Concat that feeds a conv / matmul (walking up
+    through quantize-agnostic ops and nested Concats) are unified, where the hardware rules give Concat
+    ``unified_scales`` (CPU/GPU; not GNA)."""
+    rule = hw.ops.get("Concat")
+    if rule is None or not rule.unified_scales:
+        return []
+    by_edge = {e: i for i, s in enumerate(sites) if s.group != "weights" for e in s.edges}
     parent = list(range(len(sites)))
 
     def find(i):
@@ -238,13 +242,12 @@ def _unify_groups(view: GraphView, sites: list[FQSite]) -> list[list[int]]:
     for node in view.ops:
         if view.type_of(node) != "Concat":
             continue
-        inputs = view.inputs(node)
-        if not inputs or any(e not in by_edge for e in inputs):
-            continue
         feeds = _downstream_types(view, node)
         if not feeds & {"Convolution", "ConvolutionBackpropData", "MatMul"} or "DepthWiseConvolution" in feeds:
             continue
-        members = [by_edge[e] for e in inputs]
+        members = _fqs_above(view, view.inputs(node), by_edge)
+        if not members:
+            continue
         for m in members[1:]:
             parent[find(m)] = find(members[0])
         grouped.update(members)
@@ -252,6 +255,30 @@ def _unify_groups(view: GraphView, sites: list[FQSite]) -> list[list[int]]:
     for i in sorted(grouped):
         groups.setdefault(find(i), []).append(i)
     return [g for g in groups.values() if len(g) > 1]
+
+
+def _fqs_above(view: GraphView, edges: list[Edge], by_edge: dict) -> list[int] | None:
+    """The FQ sites that every one of ``edges`` leads up to through agnostic ops, or None if an input
+    leads to anything else (a constant, a non-agnostic op without an FQ)."""
+    found: list[int] = []
+    for e in edges:
+        while e not in by_edge:
+            p = e.producer
+            if p.op != "call_function" or view.is_const(p) or view.type_of(p) not in view.agnostic_types:
+                return None
+            inputs = [i for i in view.inputs(p) if not view.is_const(i.producer)]
+            if view.type_of(p) == "Concat":
+                nested = _fqs_above(view, inputs, by_edge)
+                if nested is None:
+                    return None
+                found += nested
+                break
+            if not inputs:
+                return None
+            e = inputs[0]
+        else:
+            found.append(by_edge[e])
+    return list(dict.fromkeys(found))
 
 
 def _downstream_types(view: GraphView, node: fx.Node) -> set[str]:
@@ -263,7 +290,7 @@ def _downstream_types(view: GraphView, node: fx.Node) -> set[str]:
                 continue
             seen.add(user)
             kind = view.type_of(user)
-            if kind in AGNOSTIC_TYPES or kind == IDENTITY:
+            if kind in view.agnostic_types:
                 stack.append(user)
             else:
                 out.add(kind)
@@ -331,4 +358,4 @@ def place(view: GraphView, hw: HardwareConfig, config) -> Placement:
         sites.append(FQSite("weights", e.producer, [e], _name(view, e, "weights"), [info.type],
                             weight_axis=axis))
     sites.sort(key=lambda s: s.name)
-    return Placement(sites, _unify_groups(view, sites), skipped, ignored)
+    return Placement(sites, _unify_groups(view, hw, sites), skipped, ignored)

@@ -9,7 +9,7 @@ import torch
 from torch import fx
 
 from torchpqt.graph.attrs import get_attr_tensor
-from torchpqt.graph.ops import IDENTITY, OpInfo, classify, packet_name
+from torchpqt.graph.ops import AGNOSTIC_TYPES, IDENTITY, OpInfo, classify, packet_name
 
 PARAMETER, CONST, RESULT = "Parameter", "Const", "Result"
 
@@ -39,14 +39,25 @@ class Edge:
 class GraphView:
     """OpenVINO-flavoured facts about every node of ``gm.graph``."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, hw_types: frozenset[str] | None = None):
+        """Args:
+            gm: the captured graph.
+            hw_types: op types the target's hardware rules list. POT resolves DepthWiseConvolution and
+                quantize-agnostic ops only where the rules list them (graph/utils.py
+                get_hardware_config_operation_type; graph/transformer.py); None means all.
+        """
         self.gm = gm
         self.nodes = [n for n in gm.graph.nodes if n.op != "call_module"]
         self._const: dict[fx.Node, bool] = {}
         self.ops: dict[fx.Node, OpInfo] = {}
         for n in self.nodes:
             if n.op == "call_function":
-                self.ops[n] = classify(n, self.is_const)
+                info = classify(n, self.is_const)
+                if hw_types is not None and info.type == "DepthWiseConvolution" and info.type not in hw_types:
+                    info.type = "Convolution"
+                self.ops[n] = info
+        self.agnostic_types = frozenset(t for t in AGNOSTIC_TYPES if hw_types is None or t in hw_types
+                                        or t == IDENTITY)
         self._name_scopes()
 
     # --- node kinds -------------------------------------------------------------------------
