@@ -219,8 +219,12 @@ def _run_torch(qmodel: torch.nn.Module, args: tuple, kwargs: dict, max_levels: i
     """The torch outputs; with ``max_levels``, FakeQuantize with more levels pass their input through, as
     the CPU plugin does with a GNA IR's 16/32-bit FakeQuantize."""
     bypass = (lambda module, inputs, output: inputs[0])
-    hooks = [m.register_forward_hook(bypass) for m in qmodel.modules()
-             if max_levels is not None and isinstance(m, FakeQuantize) and m.levels > max_levels]
+    plan = getattr(qmodel, "torchpqt_plan", None)
+    # weight FakeQuantize are constant-folded by OpenVINO (exactly), so only activation ones are dropped
+    weights = {p.module_name for p in plan.points if p.group == "weights"} if plan is not None else set()
+    hooks = [m.register_forward_hook(bypass) for name, m in qmodel.named_modules()
+             if max_levels is not None and isinstance(m, FakeQuantize) and m.levels > max_levels
+             and name not in weights]
     try:
         with onnx_export.eval_mode(qmodel), torch.no_grad():
             out = qmodel(*args, **kwargs)

@@ -7,12 +7,14 @@ import copy
 import logging
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx
 
+from torchpqt.algorithms import overflow_correction
 from torchpqt.algorithms.min_max import (
     QuantizationPoint,
     activation_params,
@@ -67,6 +69,7 @@ class QuantizationPlan:
     skipped: dict[str, str]
     ignored: dict[str, str]
     scopes: list[str]
+    overflow_probes: dict[str, str] = field(default_factory=dict)  # weight FQ name -> probe module (GNA)
 
     def __deepcopy__(self, memo):
         return self  # refers to graph nodes by name only; shared between prepared and converted models
@@ -148,6 +151,7 @@ def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: 
             obs = gm.graph.call_module(p.module_name, (p.site.tensor,))
         for e in p.site.edges:
             e.rewire(obs)
+    _insert_overflow_probes(gm, qplan, cfg)
     gm.graph.lint()
     gm.recompile()
     gm.torchpqt_plan = qplan
@@ -157,21 +161,51 @@ def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: 
     return gm
 
 
+def _insert_overflow_probes(gm: fx.GraphModule, qplan: QuantizationPlan, cfg) -> None:
+    """GNA: observe the output of each op OverflowCorrection checks (a probe node nobody reads)."""
+    for p in overflow_correction.candidates(qplan.points, cfg):
+        op = p.site.edges[0].consumer
+        name = f"{p.module_name}__overflow_stats"
+        gm.add_submodule(name, Observer(f"{p.name} output", TensorStatistics([overflow_correction.OUTPUT_STAT])))
+        with gm.graph.inserting_after(op):
+            gm.graph.call_module(name, (op,))
+        qplan.overflow_probes[p.name] = name
+
+
+def _overflow_correction(prepared, qplan: QuantizationPlan, params: dict) -> dict[str, float]:
+    """Apply OverflowCorrection to ``params`` in place; returns the weight divisor of each corrected FQ."""
+    divisors = {}
+    points = {p.name: p for p in qplan.points}
+    for name, probe in qplan.overflow_probes.items():
+        p = points[name]
+        out_max = float(np.max(prepared.get_submodule(probe).stats.result(overflow_correction.OUTPUT_STAT)))
+        inputs = overflow_correction.input_points(p.site.edges[0].consumer, qplan.points)
+        r = overflow_correction.rescale(params[name], [params[q.name] for q in inputs], out_max)
+        if r is not None:
+            params[name] = overflow_correction.apply(params[name], r)
+            divisors[name] = r
+            logger.info("OverflowCorrection: %s weights divided by %.4g", name, r)
+    return divisors
+
+
 def _nodes(gm: fx.GraphModule) -> dict[str, fx.Node]:
     return {n.name: n for n in gm.graph.nodes}
 
 
-def _install_weight_fq(qm: fx.GraphModule, view: GraphView, p: QuantizationPoint, fq: FakeQuantize) -> None:
+def _install_weight_fq(qm: fx.GraphModule, view: GraphView, p: QuantizationPoint, fq: FakeQuantize,
+                       divisor: float = 1.0) -> None:
     nodes = _nodes(qm)
     edge = p.site.edges[0]
     consumer, tensor = nodes[edge.consumer.name], nodes[p.site.tensor.name]
     qm.add_submodule(p.module_name, fq)
     with qm.graph.inserting_before(consumer):
         src = tensor
-        if p.output_scale != 1.0:
-            # POT: the saturation fix stores W/2 and doubles the FQ output range (spec §4.6).
+        divisor = divisor * p.output_scale
+        if divisor != 1.0:
+            # POT: the saturation fix stores W/2 and doubles the FQ output range (spec §4.6);
+            # OverflowCorrection stores W/r and multiplies it by r (spec §10.4).
             name = f"{p.module_name}_scaled_weight"
-            scaled = view.const_value(p.site.tensor) / p.output_scale
+            scaled = view.const_value(p.site.tensor) / divisor
             qm.register_parameter(name, torch.nn.Parameter(scaled.contiguous(), requires_grad=False))
             src = qm.graph.get_attr(name)
         node = qm.graph.call_module(p.module_name, (src,))
@@ -205,6 +239,11 @@ def convert(prepared: fx.GraphModule) -> fx.GraphModule:
         else:
             params[p.name] = weight_params(view, p)
     unify(qplan.points, params)
+    divisors = _overflow_correction(prepared, qplan, params)
+    for probe in qplan.overflow_probes.values():  # statistics only: not part of the converted model
+        for node in [n for n in qm.graph.nodes if n.op == "call_module" and n.target == probe]:
+            qm.graph.erase_node(node)
+        delattr(qm, probe)
     for p in qplan.points:
         fq_params = params[p.name]
         if p.group != "weights":
@@ -214,7 +253,7 @@ def convert(prepared: fx.GraphModule) -> fx.GraphModule:
         else:
             w = view.const_value(p.site.tensor)
             fq = FakeQuantize.from_params(fq_params, broadcast_shape(p, fq_params, w.dim()))
-            _install_weight_fq(qm, view, p, fq)
+            _install_weight_fq(qm, view, p, fq, divisors.get(p.name, 1.0))
     qm.graph.lint()
     qm.recompile()
     qm.torchpqt_plan = qplan

@@ -48,17 +48,6 @@ GOLDENS = {p.stem: p for p in sorted(GOLDEN_DIR.glob("*.json"))}
 # (case globs, items: POT FQ names | "counts" | "extra", reason): where torchpqt differs from the recorded
 # POT run. Each runs as a strict xfail: when torchpqt changes so that the item passes, remove the entry.
 KNOWN: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
-    (("tiny_cnn-gna-performance",),
-     ("/stem/stem.0/Conv/WithoutBiases/fq_weights_1", "/res_a/Conv/WithoutBiases/fq_weights_1",
-      "/cat_a/Conv/WithoutBiases/fq_weights_1", "/cat_b/Conv/WithoutBiases/fq_weights_1",
-      "/fuse/Conv/WithoutBiases/fq_weights_1", "/dw/Conv/WithoutBiases/fq_weights_1"),
-     ("OverflowCorrection (spec §10.4, overflow_correction/algorithm.py; GNA targets, weight FQs with "
-      "levels > 255) is not implemented: POT divides W by r and multiplies the weight FQ's ol/oh by r; "
-      "il/ih agree")),
-    (("act_eltwise-gna-performance",),
-     ("/conv_a/Conv/WithoutBiases/fq_weights_1", "/conv_b/Conv/WithoutBiases/fq_weights_1",
-      "/head/Conv/WithoutBiases/fq_weights_1"),
-     "OverflowCorrection (spec §10.4) is not implemented: POT's 16-bit weight FQs have ol/oh scaled by r"),
     (("tiny_bert-cpu-performance", "tiny_bert-cpu-mixed"),
      ("/bert/embeddings/Add/fq_weights_1", "/bert/embeddings/Add_1/fq_weights_1", "extra"),
      ("OpenVINO constant-folds the token-type and position embedding lookups (constant ids: the zero "
