@@ -88,7 +88,7 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, target_device: str = "CPU",
+def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, target_device: str | None = None,
            compress_weights: bool = True, check: bool = True, dynamic_batch: bool = True,
            tolerance_steps: float = 2.0) -> ExportReport:
     """Exports ``qmodel`` to an OpenVINO IR with FakeQuantize nodes and checks it.
@@ -99,7 +99,8 @@ def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, ta
             rt_info ``quantization_parameters/config`` next to the torchpqt version, as POT did.
         example_inputs: a tensor, a tuple/list of positional inputs or a dict of keyword inputs.
         path: the ``.xml`` file to write; the ``.bin`` goes next to it.
-        target_device: device to run the check on (falls back to CPU when absent); recorded.
+        target_device: the target the model was quantized for (default: the ``target_device`` of
+            ``qmodel.torchpqt_config``, else CPU); the check runs there, falling back to CPU; recorded.
         compress_weights: store weight FakeQuantize as int8 constants + dequantization (POT's
             default); False keeps FakeQuantize on f32 weights.
         check: compile, run ``example_inputs`` and compare with torch.
@@ -112,6 +113,10 @@ def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, ta
     Raises:
         ExportError: the path is not ``.xml``, the export fails, or the check exceeds the tolerance.
     """
+    if target_device is None:
+        config = getattr(qmodel, "torchpqt_config", None) or {}
+        params = config.get("params", config) if isinstance(config, dict) else {}
+        target_device = params.get("target_device") or "CPU"
     xml = Path(path)
     if xml.suffix != ".xml":
         raise ExportError(f"torchpqt.exporters.openvino: path must end with .xml, got {str(path)!r}")
@@ -180,12 +185,18 @@ def _check(report: ExportReport, qmodel: torch.nn.Module, example_inputs: Any, t
         report.int8_share = sum(p in _INT8 for _, _, p in report.op_precisions) / len(report.op_precisions)
     scale = max((float(np.abs(t).max(initial=0.0)) for t in torch_outputs), default=0.0)
     if gna:
-        # No GNA plugin exists any more, and the CPU plugin drops FakeQuantize with more than 256 levels
-        # (GNA's 16/32-bit activations and outputs): the IR is checked structurally (fq_levels) and its CPU
-        # output is compared with the torch model whose >256-level FakeQuantize are bypassed likewise.
-        report.note = ("GNA IR run on CPU, which ignores FakeQuantize above 256 levels; compared with the torch "
-                       "model bypassing those too (tolerance 1 % of the output range)")
-        too_far = report.max_abs_diff > 1e-2 * scale + 1e-5
+        # No GNA plugin exists any more. The CPU plugin drops activation FakeQuantize above 256 levels (GNA's
+        # 16/32-bit activations and outputs) and may run its own int8 kernels behind them, so a CPU run
+        # cannot verify a GNA IR numerically: the check is structural (every torch FakeQuantize is in the
+        # IR with its levels) and the CPU difference is reported, with a warning above 1 % of the range.
+        _check_gna_structure(report, qmodel)
+        too_far = False
+        report.note = ("GNA IR: FakeQuantize levels checked against the torch model; run on CPU, which ignores "
+                       "FakeQuantize above 256 levels, against the torch model bypassing those too")
+        if report.max_abs_diff > 1e-2 * scale + 1e-5:
+            logger.warning("GNA IR on CPU differs from the torch model by %.3g (%.2g %% of the output range): "
+                           "expected, the CPU plugin does not emulate GNA's 16/32-bit arithmetic",
+                           report.max_abs_diff, 100 * report.max_abs_diff / max(scale, 1e-12))
     elif report.max_diff_steps is not None:
         too_far = report.max_diff_steps > tolerance_steps
     else:  # no FakeQuantize before the outputs: compare as float models
@@ -193,6 +204,20 @@ def _check(report: ExportReport, qmodel: torch.nn.Module, example_inputs: Any, t
     if too_far:
         raise ExportError(f"torchpqt.exporters.openvino: the IR disagrees with the torch model: {report} "
                           f"(tolerance {tolerance_steps} steps); the files were written for inspection")
+
+
+def _check_gna_structure(report: ExportReport, qmodel: torch.nn.Module) -> None:
+    """Every FakeQuantize of the torch model is in the IR with its levels (weights of 256 levels or fewer
+    may have become int8 constants)."""
+    want: dict[int, int] = {}
+    for m in qmodel.modules():
+        if isinstance(m, FakeQuantize):
+            want[int(m.levels)] = want.get(int(m.levels), 0) + 1
+    for levels, count in want.items():
+        have = report.fq_levels.get(levels, 0)
+        if have != count and not (levels <= 256 and have < count):
+            raise ExportError(f"torchpqt.exporters.openvino: the GNA IR has {have} FakeQuantize with {levels} levels, "
+                              f"the torch model {count}; the files were written for inspection")
 
 
 def _fq_levels(model: ov.Model) -> dict[int, int]:

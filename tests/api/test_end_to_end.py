@@ -90,3 +90,31 @@ def test_bert_with_attention_mask_quantizes_and_int_inputs_stay_float_free():
     longer = {"input_ids": torch.randint(0, 120, (2, 14), generator=g), "attention_mask": torch.ones(2, 14,
                                                                                                      dtype=torch.long)}
     assert q(**longer).last_hidden_state.shape == (2, 14, 32)
+
+
+def test_torch_transformer_encoder_with_symbolic_sizes_quantizes():
+    # nn.MultiheadAttention computes with symbolic sizes (SymInt/SymFloat nodes): never FakeQuantize points
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2).eval()
+    data = [torch.randn(1, 10, 32) for _ in range(4)]
+    q = torchpqt.quantize(enc, data, {"model_type": "transformer"}, progress=False)
+    for p in q.torchpqt_plan.points:  # nodes torchpqt created itself carry no metadata
+        val = p.site.tensor.meta.get("val")
+        assert val is None or isinstance(val, torch.Tensor), p.name
+    with torch.no_grad():
+        ref, out = enc(data[0]), q(data[0])
+    assert torch.nn.functional.cosine_similarity(ref.flatten(), out.flatten(), dim=0) > 0.99
+
+
+def test_gpt2_without_cache_quantizes_and_a_cache_output_gets_a_clear_error():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=1, n_head=2,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    data = [{"input_ids": torch.randint(0, 100, (1, 8))} for _ in range(3)]
+    with pytest.raises(torchpqt.CaptureError, match="use_cache"):
+        torchpqt.prepare(model, data[0])
+    model.config.use_cache = False
+    q = torchpqt.quantize(model, data, {"model_type": "transformer"}, progress=False)
+    assert sum(isinstance(m, torchpqt.FakeQuantize) for m in q.modules()) > 10

@@ -108,12 +108,17 @@ def _try_exports(model, attempts, errors):
     except Exception as exc:  # noqa: BLE001
         logger.debug("torch.fx symbolic_trace fallback failed: %s", exc)
     first = errors[0]
+    text = str(first).strip()
+    fix = ("make forward() traceable: no Python control flow on tensor values (use torch.where or torch.cond), "
+           "no data-dependent output structure; or quantize the traceable submodule alone")
+    if "Cache" in text and "pytree" in text:
+        fix = ("the model returns a key/value cache object torch.export cannot flatten; for a HuggingFace model "
+               "set model.config.use_cache = False (or pass use_cache=False in the inputs)")
     raise CaptureError(
         f"could not capture {type(model).__name__} with torch.export: {type(first).__name__}: "
-        f"{str(first).strip().splitlines()[0] if str(first).strip() else ''}\n"
+        f"{text.splitlines()[0] if text else ''}\n"
         f"  failing code: {_user_frame(first)}\n"
-        "  fix: make forward() traceable: no Python control flow on tensor values (use torch.where or "
-        "torch.cond), no data-dependent output structure; or quantize the traceable submodule alone") from first
+        f"  fix: {fix}") from first
 
 
 def capture(model: torch.nn.Module, example_inputs) -> fx.GraphModule:

@@ -93,8 +93,9 @@ class GraphView:
             return val.dtype.is_floating_point
         if node.op == "get_attr":
             return self.const_value(node).dtype.is_floating_point
-        # nodes we created ourselves compute on float tensors; placeholders and tuples have metadata
-        return not (isinstance(val, (list, tuple)) or node.op == "placeholder")
+        # symbolic sizes and other non-tensor values are never quantized; only nodes we created ourselves
+        # lack metadata, and they compute on float tensors
+        return "val" not in node.meta and node.op != "placeholder"
 
     def rank(self, node: fx.Node) -> int | None:
         val = node.meta.get("val")
