@@ -61,6 +61,28 @@ def _announce_pending(config: DefaultQuantizationConfig) -> None:
                          "MinMaxQuantization only")
 
 
+@dataclass(frozen=True)
+class _SiteRecord:
+    group: str
+    consumer_types: list
+
+
+@dataclass(frozen=True)
+class _PointRecord:
+    """A QuantizationPoint as saved with a model: everything but the graph nodes."""
+
+    name: str
+    module_name: str
+    spec: object
+    output_scale: float
+    unify_group: int | None
+    site: _SiteRecord
+
+    @property
+    def group(self) -> str:
+        return self.site.group
+
+
 @dataclass
 class QuantizationPlan:
     """Where each FakeQuantize goes and why other ops got none; ``str()`` prints a table."""
@@ -73,6 +95,12 @@ class QuantizationPlan:
 
     def __deepcopy__(self, memo):
         return self  # refers to graph nodes by name only; shared between prepared and converted models
+
+    def __reduce__(self):
+        # torch.save(qmodel): keep what describes the FakeQuantize modules, not the capture-time graph nodes
+        records = [_PointRecord(p.name, p.module_name, p.spec, p.output_scale, p.unify_group,
+                                _SiteRecord(p.group, list(p.site.consumer_types))) for p in self.points]
+        return (QuantizationPlan, (records, self.skipped, self.ignored, self.scopes, self.overflow_probes))
 
     def __str__(self) -> str:
         rows = [f"{'FakeQuantize':<48} {'group':<11} {'levels':>10} {'mode':<10} {'granularity':<11} consumers"]
@@ -101,6 +129,12 @@ def _plan(model: torch.nn.Module, example_inputs, cfg) -> tuple[fx.GraphModule, 
     placement = place(view, hw, cfg)
     points = resolve_points(placement, hw, cfg)
     rescale = rescaled_ops(view, cfg)
+    taken = set(dict(gm.named_modules())) | set(dict(gm.named_parameters())) | set(dict(gm.named_buffers()))
+    for p in points:
+        base, i = p.module_name, 1
+        while p.module_name in taken:  # sanitized names can collide (`a.b/x` vs `a_b/x`)
+            p.module_name, i = f"{base}_{i}", i + 1
+        taken.add(p.module_name)
     for p in points:
         if p.group == "weights" and p.site.edges[0].consumer in rescale:
             p.output_scale = 2.0

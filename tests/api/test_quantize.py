@@ -126,3 +126,14 @@ def test_shuffle_of_an_unindexable_iterable_is_a_config_error():
     model, data = _tiny_cnn()
     with pytest.raises(torchpqt.ConfigError, match="shuffle_data"):
         torchpqt.quantize(model, iter(data), {"shuffle_data": True}, progress=False)
+
+
+def test_quantized_model_survives_torch_save_and_load(tmp_path):
+    model, data = _tiny_cnn()
+    q = torchpqt.quantize(model, data, {"preset": "mixed"}, progress=False)
+    torch.save(q, tmp_path / "q.pt")
+    loaded = torch.load(tmp_path / "q.pt", weights_only=False)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(loaded(x), q(x))
+    assert [p.name for p in loaded.torchpqt_plan.points] == [p.name for p in q.torchpqt_plan.points]
+    assert "fq_weights" in str(loaded.torchpqt_plan)

@@ -53,10 +53,11 @@ class QuantizationPoint:
     def group(self) -> str:
         return self.site.group
 
-    @property
-    def module_name(self) -> str:
-        """A valid, readable submodule name for this FakeQuantize."""
-        return self.name.replace(".", "_").replace("/", "__").replace("-", "_") or "fq"
+    module_name: str = ""  # the FakeQuantize's submodule name, unique in the model (set by the planner)
+
+    def __post_init__(self) -> None:
+        if not self.module_name:
+            self.module_name = self.name.replace(".", "_").replace("/", "__").replace("-", "_") or "fq"
 
 
 def _section(config, group: str) -> tuple[dict | None, dict | None]:

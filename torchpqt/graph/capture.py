@@ -135,6 +135,9 @@ def capture(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
     model = copy.deepcopy(model).eval()
     args, kwargs = split_inputs(example_inputs)
     gm = _export(model, args, kwargs).module()
+    # torch.export's module-stack tracer class cannot be rebuilt on torch.load(): pickle with fx's default
+    gm._tracer_cls, gm._tracer_extras = None, {}
+    gm.graph._tracer_cls, gm.graph._tracer_extras = None, {}  # copies of the module take it from here
     _drop_guards(gm)
     fold_batch_norm(gm)
     decompose_attention(gm)
