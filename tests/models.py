@@ -371,6 +371,28 @@ class TinyBert(nn.Module):
         return out.last_hidden_state, out.pooler_output
 
 
+class MaskedEncoder(nn.Module):
+    """Embedding + single-head self-attention with an additive padding mask + LayerNorm + GELU MLP, written
+    with plain ops; inputs ``(ids, mask)`` (int64 [B, L] each). Used by the placement and export tests."""
+
+    def __init__(self, d: int = 16):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(2)
+            self.emb = nn.Embedding(50, d)
+            self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, ids, mask):
+        x = self.emb(ids)
+        scores = torch.matmul(self.q(x), self.k(x).transpose(-2, -1)) * 0.25
+        scores = scores + (1.0 - mask[:, None, :].float()) * -1e4
+        att = torch.matmul(torch.softmax(scores, -1), self.v(x))
+        x = self.ln1(x + self.o(att))
+        return self.ln2(x + self.down(F.gelu(self.up(x))))
+
+
 def _probe(cls):
     def builder() -> nn.Module:
         return cls()

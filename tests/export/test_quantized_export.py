@@ -1,6 +1,9 @@
 """torchpqt.quantize() output → OpenVINO IR: the CNN and the small transformer of the capture tests export,
 run within one quantization step of the torch fake-quant model, and the CNN's convolutions run int8."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchpqt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import models
 
 ov = pytest.importorskip("openvino")
 from torchpqt.exporters import openvino as ov_export
@@ -36,22 +42,7 @@ class DigitsCNN(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-class Encoder(nn.Module):
-    def __init__(self, d=16):
-        super().__init__()
-        torch.manual_seed(2)
-        self.emb = nn.Embedding(50, d)
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
-
-    def forward(self, ids, mask):
-        x = self.emb(ids)
-        scores = torch.matmul(self.q(x), self.k(x).transpose(-2, -1)) * 0.25
-        scores = scores + (1.0 - mask[:, None, :].float()) * -1e4
-        att = torch.matmul(torch.softmax(scores, -1), self.v(x))
-        x = self.ln1(x + self.o(att))
-        return self.ln2(x + self.down(F.gelu(self.up(x))))
+Encoder = models.MaskedEncoder
 
 
 def test_digits_cnn_ir_matches_torch_and_runs_int8(tmp_path):

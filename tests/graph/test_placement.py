@@ -1,5 +1,8 @@
 """Where FakeQuantize goes (spec §7, §8, §9), checked on small torch models built here."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,6 +10,9 @@ from torch import nn
 
 import torchpqt
 from torchpqt.errors import ScopeError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import models
 
 
 def _points(model, x, **params):
@@ -128,24 +134,7 @@ def test_saturation_fix_marks_first_convolutions_only_on_cpu():
     assert every == {"conv1/fq_weights_1", "conv2/fq_weights_1", "fc/fq_weights_1"}
 
 
-class Encoder(nn.Module):
-    """Embedding + single-head self-attention + LayerNorm + GELU MLP, written with plain ops."""
-
-    def __init__(self, d=16):
-        super().__init__()
-        torch.manual_seed(2)
-        self.emb = nn.Embedding(50, d)
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
-
-    def forward(self, ids, mask):
-        x = self.emb(ids)
-        scores = torch.matmul(self.q(x), self.k(x).transpose(-2, -1)) * 0.25
-        scores = scores + (1.0 - mask[:, None, :].float()) * -1e4
-        att = torch.matmul(torch.softmax(scores, -1), self.v(x))
-        x = self.ln1(x + self.o(att))
-        return self.ln2(x + self.down(F.gelu(self.up(x))))
+Encoder = models.MaskedEncoder
 
 
 def _encoder_inputs():
