@@ -106,3 +106,9 @@ def test_constant_fusions_keep_fp32_output_and_remove_the_multiplies():
     matmul = next(n for n in gm.graph.nodes if n.op == "call_function" and packet_name(n) == "matmul")
     assert packet_name(matmul.args[1]) == "mul", "the scalar moved onto the matmul's second input"
     assert names.count("mul") == 1
+
+
+def test_inputs_that_do_not_fit_forward_get_a_hint_about_labels():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+    with pytest.raises(CaptureError, match="transform_fn"):
+        capture(model, (torch.randn(2, 3, 8, 8), torch.zeros(2)))  # an (inputs, label) pair

@@ -132,8 +132,9 @@ def capture(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
         A GraphModule taking the same inputs as ``model`` (dynamic batch), with BatchNorm folded and
         attention spelled out. Each call_function node keeps ``meta["nn_module_stack"]``.
     """
-    model = copy.deepcopy(model).eval()
     args, kwargs = split_inputs(example_inputs)
+    _check_signature(model, args, kwargs)
+    model = copy.deepcopy(model).eval()
     gm = _export(model, args, kwargs).module()
     # torch.export's module-stack tracer class cannot be rebuilt on torch.load(): pickle with fx's default
     gm._tracer_cls, gm._tracer_extras = None, {}
@@ -145,6 +146,21 @@ def capture(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
+
+
+def _check_signature(model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise CaptureError(
+            f"the inputs do not fit {type(model).__name__}.forward{signature}: {exc} (got {len(args)} positional "
+            f"and {sorted(kwargs)} keyword inputs); fix: if calibration items are (inputs, label) pairs pass "
+            "transform_fn=lambda item: item[0], and give example_inputs as a tensor, a tuple of positional inputs "
+            "or a dict of keyword inputs") from None
 
 
 def _drop_guards(gm: fx.GraphModule) -> None:
