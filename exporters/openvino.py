@@ -132,9 +132,10 @@ def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, ta
         _set_rt_info(model, qmodel, target_device, compress_weights)
         ov.save_model(model, str(xml), compress_to_fp16=False)  # keep f32: ranges and scales stay exact
     logger.info("wrote OpenVINO IR %s", xml)
-    report = ExportReport(path=xml, fq_levels=_fq_levels(ov.Core().read_model(str(xml))))
+    saved = ov.Core().read_model(str(xml))  # what is checked is what was written
+    report = ExportReport(path=xml, fq_levels=_fq_levels(saved))
     if check:
-        _check(report, qmodel, example_inputs, target_device, tolerance_steps)
+        _check(report, saved, qmodel, example_inputs, target_device, tolerance_steps)
         logger.info("%s", report)
     return report
 
@@ -160,13 +161,13 @@ def _set_rt_info(model: ov.Model, qmodel: torch.nn.Module, target_device: str, c
         model.set_rt_info(text, ["quantization_parameters", "config"])
 
 
-def _check(report: ExportReport, qmodel: torch.nn.Module, example_inputs: Any, target_device: str,
-           tolerance_steps: float) -> None:
+def _check(report: ExportReport, saved: ov.Model, qmodel: torch.nn.Module, example_inputs: Any,
+           target_device: str, tolerance_steps: float) -> None:
     core = ov.Core()
     device = target_device if target_device in core.available_devices else "CPU"
     if device != target_device:
         logger.warning("device %s not available; checking the IR on CPU", target_device)
-    compiled = core.compile_model(str(report.path), device, {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(saved, device, {"INFERENCE_PRECISION_HINT": "f32"})
     args, kwargs = onnx_export._normalize_inputs(example_inputs)
     ov_outputs = _run_openvino(compiled, args, kwargs)
     gna = target_device.startswith("GNA") and device != target_device
@@ -178,7 +179,7 @@ def _check(report: ExportReport, qmodel: torch.nn.Module, example_inputs: Any, t
              for o, t in zip(ov_outputs, torch_outputs)]
     report.device = device
     report.max_abs_diff = max(diffs, default=0.0)
-    report.step = _output_step(core.read_model(str(report.path)))
+    report.step = _output_step(saved)
     report.max_diff_steps = None if not report.step else report.max_abs_diff / report.step
     report.op_precisions = _weighted_op_precisions(compiled)
     if report.op_precisions:

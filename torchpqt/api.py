@@ -29,7 +29,7 @@ from torchpqt.config import DefaultQuantizationConfig, load_config
 from torchpqt.errors import TorchPQTError
 from torchpqt.graph.capture import capture
 from torchpqt.graph.placement import place
-from torchpqt.graph.view import GraphView
+from torchpqt.graph.view import GraphView, const_value
 from torchpqt.hardware import load_hardware_config
 from torchpqt.observer import Observer
 from torchpqt.quant.fake_quantize import FakeQuantize
@@ -94,7 +94,9 @@ class QuantizationPlan:
     overflow_probes: dict[str, str] = field(default_factory=dict)  # weight FQ name -> probe module (GNA)
 
     def __deepcopy__(self, memo):
-        return self  # refers to graph nodes by name only; shared between prepared and converted models
+        # shared between the prepared and the converted model: its points hold the prepared graph's nodes,
+        # which convert() maps to the copy by node name
+        return self
 
     def __reduce__(self):
         # torch.save(qmodel): keep what describes the FakeQuantize modules, not the capture-time graph nodes
@@ -226,9 +228,8 @@ def _nodes(gm: fx.GraphModule) -> dict[str, fx.Node]:
     return {n.name: n for n in gm.graph.nodes}
 
 
-def _install_weight_fq(qm: fx.GraphModule, view: GraphView, p: QuantizationPoint, fq: FakeQuantize,
-                       divisor: float = 1.0) -> None:
-    nodes = _nodes(qm)
+def _install_weight_fq(qm: fx.GraphModule, nodes: dict[str, fx.Node], p: QuantizationPoint, weight: torch.Tensor,
+                       fq: FakeQuantize, divisor: float = 1.0) -> None:
     edge = p.site.edges[0]
     consumer, tensor = nodes[edge.consumer.name], nodes[p.site.tensor.name]
     qm.add_submodule(p.module_name, fq)
@@ -239,7 +240,7 @@ def _install_weight_fq(qm: fx.GraphModule, view: GraphView, p: QuantizationPoint
             # POT: the saturation fix stores W/2 and doubles the FQ output range (spec §4.6);
             # OverflowCorrection stores W/r and multiplies it by r (spec §10.4).
             name = f"{p.module_name}_scaled_weight"
-            scaled = view.const_value(p.site.tensor) / divisor
+            scaled = weight / divisor
             qm.register_parameter(name, torch.nn.Parameter(scaled.contiguous(), requires_grad=False))
             src = qm.graph.get_attr(name)
         node = qm.graph.call_module(p.module_name, (src,))
@@ -265,13 +266,14 @@ def convert(prepared: fx.GraphModule) -> fx.GraphModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
         qm = copy.deepcopy(prepared)
-    view = GraphView(qm)
+    nodes = _nodes(qm)
+    weights = {p.name: const_value(qm, nodes[p.site.tensor.name]) for p in qplan.points if p.group == "weights"}
     params = {}
     for p in qplan.points:
         if p.group != "weights":
             params[p.name] = activation_params(p, prepared.get_submodule(p.module_name).stats)
         else:
-            params[p.name] = weight_params(view, p)
+            params[p.name] = weight_params(weights[p.name], p)
     unify(qplan.points, params)
     divisors = _overflow_correction(prepared, qplan, params)
     for probe in qplan.overflow_probes.values():  # statistics only: not part of the converted model
@@ -285,9 +287,9 @@ def convert(prepared: fx.GraphModule) -> fx.GraphModule:
             shape = broadcast_shape(p, fq_params, obs.ndim or 2)
             qm.add_submodule(p.module_name, FakeQuantize.from_params(fq_params, shape))
         else:
-            w = view.const_value(p.site.tensor)
+            w = weights[p.name]
             fq = FakeQuantize.from_params(fq_params, broadcast_shape(p, fq_params, w.dim()))
-            _install_weight_fq(qm, view, p, fq, divisors.get(p.name, 1.0))
+            _install_weight_fq(qm, nodes, p, w, fq, divisors.get(p.name, 1.0))
     qm.graph.lint()
     qm.recompile()
     qm.torchpqt_plan = qplan

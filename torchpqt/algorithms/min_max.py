@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import fx
 
 from torchpqt.graph.placement import FQSite, Placement
@@ -127,9 +128,9 @@ def rescaled_ops(view: GraphView, config) -> set[fx.Node]:
     return found
 
 
-def weight_params(view: GraphView, point: QuantizationPoint) -> FQParams:
+def weight_params(weight: torch.Tensor, point: QuantizationPoint) -> FQParams:
     """FakeQuantize ranges of a weight, from the constant itself (spec §4.5)."""
-    w = view.const_value(point.site.tensor).float()
+    w = weight.float()
     if w.dim() == 0:
         w = w.reshape(1)  # a scalar constant operand (the IR's 0-d Const)
     axis = point.site.weight_axis % max(w.dim(), 1)

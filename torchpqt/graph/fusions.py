@@ -88,22 +88,30 @@ def _rank(node: fx.Node) -> int | None:
     return val.dim() if isinstance(val, torch.Tensor) else None
 
 
+def _weight_and_scale(gm, op: fx.Node, kind: str, mul: fx.Node, c: torch.Tensor, weight_axis: int):
+    """``(weight, per-channel scale)`` when ``c`` scales an ungrouped conv / linear ``op`` along its weight's
+    ``weight_axis`` (0: output channels, 1: input channels), else None."""
+    if kind in _CONV and len(op.args) > 6 and op.args[6] != 1:
+        return None
+    w = _attr(gm, op.args[1])
+    rank = _rank(mul)
+    if w is None or rank is None:
+        return None
+    axis = 1 if kind in _CONV else rank - 1
+    s = _per_channel(c, w.shape[weight_axis], axis, rank)
+    return None if s is None else (w, s)
+
+
 def _fold_into_producer(gm: fx.GraphModule, mul: fx.Node) -> bool:
     found = _scale_operand(gm, mul)
     if found is None:
         return False
     x, c = found
     kind = _weighted(x)
-    if kind is None or len(x.users) != 1 or (kind in _CONV and len(x.args) > 6 and x.args[6] != 1):
+    found = None if kind is None or len(x.users) != 1 else _weight_and_scale(gm, x, kind, mul, c, 0)
+    if found is None:
         return False
-    w = _attr(gm, x.args[1])
-    rank = _rank(mul)
-    if w is None or rank is None:
-        return False
-    axis = 1 if kind in _CONV else rank - 1
-    s = _per_channel(c, w.shape[0], axis, rank)
-    if s is None:
-        return False
+    w, s = found
     args = list(x.args) + [None] * (3 - len(x.args))
     args[1] = _register(gm, f"{x.args[1].target}_scaled", w * s.reshape(-1, *[1] * (w.dim() - 1)), x)
     b = _attr(gm, args[2])
@@ -131,16 +139,10 @@ def _fold_into_consumer(gm: fx.GraphModule, mul: fx.Node) -> bool:
     kind = _weighted(user)
     if kind is None or user.args[0] is not mul or user.args[1] is mul:
         return False
-    if kind in _CONV and len(user.args) > 6 and user.args[6] != 1:
+    found = _weight_and_scale(gm, user, kind, mul, c, 1)
+    if found is None:
         return False
-    w = _attr(gm, user.args[1])
-    rank = _rank(mul)
-    if w is None or rank is None:
-        return False
-    axis = 1 if kind in _CONV else rank - 1
-    s = _per_channel(c, w.shape[1], axis, rank)
-    if s is None:
-        return False
+    w, s = found
     args = list(user.args)
     args[0] = x
     args[1] = _register(gm, f"{user.args[1].target}_scaled_in", w * s.reshape(1, -1, *[1] * (w.dim() - 2)), user)

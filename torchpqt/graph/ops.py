@@ -220,8 +220,6 @@ def classify(node: fx.Node, is_const) -> OpInfo:
         info = OpInfo(node, ov_type, "", path, act, w_arg, axis, b_arg, attributes)
     else:
         ov_type = _SIMPLE.get(name, f"aten::{name}" if name != "getitem" else IDENTITY)
-        if ov_type == "ReduceMean" and name == "mean" and len(node.args) < 2:
-            ov_type = "ReduceMean"
         info = OpInfo(node, ov_type, "", path, _tensor_arg_indices(node, ov_type), attributes=attributes)
     if name in ("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d"):
         out = node.args[1] if len(node.args) > 1 else None

@@ -4,6 +4,7 @@ FakeQuantizeOptimization passes, on a captured torch graph seen in OpenVINO term
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import fx
@@ -11,9 +12,7 @@ from torch import fx
 from torchpqt.graph.ignored import match_ignored
 from torchpqt.graph.ops import (
     AGNOSTIC_TYPES,
-    INPUT_ONLY_TYPES,
     MULTI_BRANCH_TYPES,
-    WEIGHTED_TYPES,
 )
 from torchpqt.graph.patterns import skipped_ops
 from torchpqt.graph.view import RESULT, Edge, GraphView
@@ -63,12 +62,8 @@ def _agnostic(view: GraphView, node: fx.Node) -> bool:
 def _requested_edges(view: GraphView, hw: HardwareConfig, node: fx.Node) -> list[Edge]:
     """POT InsertFakeQuantize: which input ports of a quantizable op get an FQ."""
     info = view.ops[node]
-    edges = view.inputs(node)
-    if info.type in WEIGHTED_TYPES:
-        wanted = set(info.act_args) | ({info.weight_arg} if info.weight_arg is not None else set())
-        edges = [e for e in edges if e.arg in wanted]
-    elif info.type in INPUT_ONLY_TYPES or info.type in ("AvgPool", "ReduceMean"):
-        edges = edges[:1]
+    wanted = set(info.act_args) | ({info.weight_arg} if info.weight_arg is not None else set())
+    edges = [e for e in view.inputs(node) if e.arg in wanted]  # ports: graph/ops.py (input-only ops: port 0)
     rule = hw.ops[info.type]
     keep = []
     for e in edges:
@@ -115,7 +110,7 @@ def _output_sites(view, hw, blocked) -> dict[fx.Node, list[Edge]]:
     return out
 
 
-def _skip_ascent(view: GraphView, fq_edges: set, blocked) -> dict[fx.Node, bool]:
+def _skip_ascent(view: GraphView, fq_edges: set, blocked) -> Callable[[fx.Node], bool]:
     """POT _create_skip_ascent_map: an FQ may not jump over an agnostic op whose output reaches, through
     agnostic ops, a consumer that has no FQ on its input (it would see quantized values)."""
     memo: dict[fx.Node, bool] = {}

@@ -36,6 +36,16 @@ class Edge:
         self.consumer.args = tuple(args)
 
 
+def const_value(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
+    """Evaluate a constant node of ``gm`` (a parameter, or an op on parameters such as ``weight.t()``)."""
+    if node.op == "get_attr":
+        return get_attr_tensor(gm, node).detach()
+    args = fx.node.map_arg(node.args, lambda n: const_value(gm, n))
+    kwargs = fx.node.map_arg(node.kwargs, lambda n: const_value(gm, n))
+    with torch.no_grad():
+        return node.target(*args, **kwargs)
+
+
 class GraphView:
     """OpenVINO-flavoured facts about every node of ``gm.graph``."""
 
@@ -103,12 +113,7 @@ class GraphView:
 
     def const_value(self, node: fx.Node) -> torch.Tensor:
         """Evaluate a constant node (a parameter, or an op on parameters such as ``weight.t()``)."""
-        if node.op == "get_attr":
-            return get_attr_tensor(self.gm, node).detach()
-        args = fx.node.map_arg(node.args, self.const_value)
-        kwargs = fx.node.map_arg(node.kwargs, self.const_value)
-        with torch.no_grad():
-            return node.target(*args, **kwargs)
+        return const_value(self.gm, node)
 
     # --- edges --------------------------------------------------------------------------------
     def inputs(self, node: fx.Node) -> list[Edge]:
@@ -131,17 +136,15 @@ class GraphView:
 
     # --- names --------------------------------------------------------------------------------
     def _name_scopes(self) -> None:
-        per_module = Counter(info.module_path for info in self.ops.values()
-                             if info.type not in (IDENTITY,) and not self.is_const(info.node))
-        for info in self.ops.values():
+        # a module path names its op when the module calls exactly one real (non no-op, non-constant) op
+        real = {n for n, info in self.ops.items() if info.type != IDENTITY and not self.is_const(n)}
+        per_module = Counter(self.ops[n].module_path for n in real)
+        for node, info in self.ops.items():
             path = info.module_path
-            if path and per_module[path] == 1 and self._is_leaf_op(info):
+            if path and per_module[path] == 1 and node in real:
                 info.scope = path
             else:
                 info.scope = f"{path}/{info.node.name}" if path else info.node.name
-
-    def _is_leaf_op(self, info: OpInfo) -> bool:
-        return info.type not in (IDENTITY,) and not self.is_const(info.node)
 
     def scope_of(self, node: fx.Node) -> str:
         info = self.ops.get(node)
