@@ -67,8 +67,8 @@ def test_input_side_gradients_match_finite_differences_of_the_unrounded_form():
     il = torch.tensor([-1.0, -0.3]).reshape(2, 1).double()
     ih = torch.tensor([0.5, 2.0]).reshape(2, 1).double()
     ol, oh = il * 2, ih * 2  # the saturation fix's output range: slopes of 2
-    x = torch.cat([_off_tie_inputs(il, ih, 256, (2, 40), gen), torch.tensor([[-5.0] * 3, [5.0] * 3]).double()],
-                  dim=1)  # plus values clipped below (channel 0) and above (channel 1)
+    clipped = torch.tensor([[-5.0] * 3, [5.0] * 3]).double()  # below (channel 0) and above (channel 1)
+    x = torch.cat([_off_tie_inputs(il, ih, 256, (2, 40), gen), clipped], dim=1)
     w = torch.randn(x.shape, generator=gen, dtype=torch.float64)
 
     def smooth(x, il, ih):
@@ -139,7 +139,8 @@ def test_log_scale_gradient_golden():
 
 @pytest.mark.parametrize("train_min", [False, True], ids=["scale", "scale+min"])
 def test_one_sgd_step_widens_a_too_narrow_range(train_min):
-    x = torch.randn(4, 5000, generator=torch.Generator().manual_seed(3)) + torch.tensor([0, 0.5, 1, -1]).reshape(4, 1)
+    offsets = torch.tensor([0, 0.5, 1, -1]).reshape(4, 1)
+    x = torch.randn(4, 5000, generator=torch.Generator().manual_seed(3)) + offsets
     fq = FakeQuantize(256, torch.full((4, 1), -0.4), torch.full((4, 1), 0.6))  # ~60 % of the values clipped
     clipped_before = ((x <= fq.input_low) | (x > fq.input_high)).float().mean()
     opt = torch.optim.SGD(train_ranges(fq, train_min=train_min), lr=0.5)
@@ -219,9 +220,9 @@ def _cases():
     yield "per-channel", FakeQuantize(255, -c.reshape(3, 1, 1, 1), c.reshape(3, 1, 1, 1)), (3, 2, 4, 4)
     yield "saturation", FakeQuantize(255, -c.reshape(3, 1), c.reshape(3, 1), -2 * c.reshape(3, 1),
                                      2 * c.reshape(3, 1)), (3, 20)
-    yield "negative-zero", FakeQuantize(256, torch.tensor([-0.0, -1.0, 0.0]), torch.tensor([1.0, -0.0, 2.0]),
-                                        torch.tensor([-0.0, -1.0, 0.0]), torch.tensor([1.0, -0.0, 2.0])), (5, 3)
-    yield "output-negative-zero", FakeQuantize(256, -1.0, 1.0, -0.0, 2.0), (50,)  # -0.0 off the anchored edges
+    lo, hi = torch.tensor([-0.0, -1.0, 0.0]), torch.tensor([1.0, -0.0, 2.0])
+    yield "negative-zero", FakeQuantize(256, lo, hi, lo.clone(), hi.clone()), (5, 3)
+    yield "output-negative-zero", FakeQuantize(256, -1.0, 1.0, -0.0, 2.0), (50,)  # -0.0 off anchored edges
 
 
 @pytest.mark.parametrize("train_min", [False, True], ids=["scale", "scale+min"])
@@ -280,7 +281,7 @@ def test_state_dict_keys_are_stable_and_load_bitwise():
 
 
 def test_whole_module_save_load_and_deepcopy_keep_training():
-    fq, x, opt = _trained(steps=2)
+    fq, x, _ = _trained(steps=2)
     buf = io.BytesIO()
     torch.save(fq, buf)
     buf.seek(0)
@@ -324,7 +325,8 @@ def test_model_level_helpers_and_groups():
     assert set(dict(model.named_parameters())) >= {"0.log_scale", "2.log_scale", "2.min_shift"}
     assert "trainable=scale+min" in repr(model[2])
     freeze_ranges(model)
-    assert trainable_ranges(model) == [] and [n for n, _ in model.named_parameters()] == ["1.weight", "1.bias"]
+    assert trainable_ranges(model) == []
+    assert [n for n, _ in model.named_parameters()] == ["1.weight", "1.bias"]
 
 
 def test_bad_ranges_and_arguments_raise_config_error():
@@ -399,7 +401,6 @@ def test_torch_export_after_training_shows_the_op_with_trained_ranges():
 def test_onnx_export_after_training_carries_the_trained_ranges():
     pytest.importorskip("onnxscript")
     from onnx import numpy_helper
-
     from torchpqt.exporters.onnx import OV_DOMAIN, export_proto
 
     net, x = _trained_net()

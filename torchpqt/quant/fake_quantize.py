@@ -209,9 +209,10 @@ class FakeQuantize(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.ranges_trainable and (torch.compiler.is_exporting() or torch.jit.is_tracing()):
-            raise ExportError("torchpqt.FakeQuantize: the ranges are trainable parameters, so an export would "
-                              "trace their arithmetic instead of constant ranges; call "
-                              "torchpqt.quant.trainable.freeze_ranges(model) (or fq.freeze()) before exporting")
+            raise ExportError("torchpqt.FakeQuantize: the ranges are trainable parameters, so an export "
+                              "would trace their arithmetic instead of constant ranges; call "
+                              "torchpqt.quant.trainable.freeze_ranges(model) (or fq.freeze()) before "
+                              "exporting")
         return fake_quantize(x, *self.ranges(), self.levels)
 
     # ------------------------------------------------------------------------ trainable ranges
@@ -233,7 +234,7 @@ class FakeQuantize(nn.Module):
             return anchors
         min_shift = self._parameters.get("min_shift")
         range_param.project_(self.log_scale, min_shift, anchors[0], anchors[1])
-        return range_param.derive(anchors, self.log_scale, min_shift)
+        return range_param.derive(anchors, self.log_scale, min_shift, self.__dict__.get("_follow"))
 
     def train_ranges(self, enabled: bool = True, *, train_min: bool = False) -> FakeQuantize:
         """Makes the ranges trainable (or freezes them when ``enabled`` is False), in place.
@@ -256,6 +257,7 @@ class FakeQuantize(nn.Module):
             self.freeze()
         anchors = tuple(getattr(self, n) for n in _RANGES)
         range_param.check_anchors(*anchors, name="torchpqt.FakeQuantize")
+        self._follow = range_param.outputs_follow(anchors)  # decided once: the buffers are the anchors
         self.log_scale = nn.Parameter(torch.zeros_like(anchors[0]))
         if train_min:  # -0.0: adding it is the identity on every float, -0.0 included
             self.min_shift = nn.Parameter(torch.full_like(anchors[0], -0.0))
@@ -268,6 +270,7 @@ class FakeQuantize(nn.Module):
             self._rebase()
             for name in _PARAMS:
                 self._parameters.pop(name, None)
+            self.__dict__.pop("_follow", None)
         return self
 
     @torch.no_grad()
@@ -297,14 +300,16 @@ class FakeQuantize(nn.Module):
         trainable = self.ranges_trainable
         if trainable:  # the loaded ranges become the anchors, with the parameters back at zero
             self._rebase()
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
         if trainable:
             for name in _PARAMS:
                 if prefix + name in missing_keys:
                     missing_keys.remove(prefix + name)
+            anchors = tuple(getattr(self, n) for n in _RANGES)
+            self._follow = range_param.outputs_follow(anchors)
             try:
-                range_param.check_anchors(*(getattr(self, n) for n in _RANGES), name=f"{prefix}FakeQuantize")
+                range_param.check_anchors(*anchors, name=f"{prefix}FakeQuantize")
             except ConfigError as exc:
                 error_msgs.append(str(exc))
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from torchpqt.errors import ConfigError
 
-__all__ = ["MAX_LOG_SCALE", "check_anchors", "derive", "project_"]
+__all__ = ["MAX_LOG_SCALE", "check_anchors", "derive", "outputs_follow", "project_"]
 
 #: The width may shrink or grow by at most this factor (as a log) from where training started.
 MAX_LOG_SCALE = math.log(2.0**10)
@@ -34,9 +34,9 @@ def check_anchors(il: Tensor, ih: Tensor, ol: Tensor, oh: Tensor, name: str = "F
     """Raises ConfigError unless the four ranges share one shape, are finite and ``ih > il``."""
     shapes = {tuple(t.shape) for t in (il, ih, ol, oh)}
     if len(shapes) != 1:
-        raise ConfigError(f"{name}: trainable ranges need input_low, input_high, output_low and output_high "
-                          f"of one shape, got {sorted(shapes)}; build the FakeQuantize with ranges of the same "
-                          "shape, e.g. [C,1,1,1]")
+        raise ConfigError(f"{name}: trainable ranges need input_low, input_high, output_low and "
+                          f"output_high of one shape, got {sorted(shapes)}; build the FakeQuantize with "
+                          "ranges of the same shape, e.g. [C,1,1,1]")
     if not all(bool(torch.isfinite(t).all()) for t in (il, ih, ol, oh)):
         raise ConfigError(f"{name}: a range holds inf or NaN; only finite ranges can be trained")
     if not bool((ih > il).all()):
@@ -75,12 +75,22 @@ def project_(log_scale: Tensor, min_shift: Tensor | None, il0: Tensor, ih0: Tens
     min_shift.copy_(torch.where(out, torch.minimum(torch.maximum(min_shift, lo), hi), min_shift))
 
 
-def derive(anchors: Ranges, log_scale: Tensor, min_shift: Tensor | None) -> Ranges:
-    """The effective ``(il, ih, ol, oh)`` from the anchors and the parameters (differentiable)."""
+def outputs_follow(anchors: Ranges) -> bool:
+    """True when the output range is the input range bit for bit (then it stays the same tensors)."""
+    il0, ih0, ol0, oh0 = anchors
+    return _same(ol0, il0) and _same(oh0, ih0)
+
+
+def derive(anchors: Ranges, log_scale: Tensor, min_shift: Tensor | None,
+           follow: bool | None = None) -> Ranges:
+    """The effective ``(il, ih, ol, oh)`` from the anchors and the parameters (differentiable).
+
+    ``follow``: :func:`outputs_follow` of the anchors, when the caller has it (it syncs a GPU).
+    """
     il0, ih0, ol0, oh0 = anchors
     e = log_scale.exp()
     il, ih = il0 * e, ih0 * e
-    follow = _same(ol0, il0) and _same(oh0, ih0)
+    follow = outputs_follow(anchors) if follow is None else follow
     ol, oh = (il, ih) if follow else (ol0 * e, oh0 * e)
     if min_shift is None:
         return il, ih, ol, oh
