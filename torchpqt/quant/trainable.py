@@ -8,16 +8,20 @@ buffers as *anchors* (the ranges when training started) and gets the parameter `
     il = il0 * e + m                    ih = ih0 * e + m
     ol = ol0 * e + a * m                oh = oh0 * e + a * m,    a = (oh0 - ol0) / (ih0 - il0)
 
-This is POT's layerwise-tuning parameterization (spec §11: ``scale = log(ih - il)``, ``min =
-il``, ``min`` trainable only with ``asymmetric``), written relative to the starting point:
-``s = scale - log(ih0 - il0)``, ``m = min - il0 * e``. Gradients with respect to ``s`` and
-``m`` are exactly POT's with respect to ``scale`` and ``min``, so POT's learning rates (1e-6)
-carry over. Why it and not LSQ's step size:
+This is POT's layerwise-tuning parameterization (spec §11: ``scale = log(ih - il)`` and ``min =
+il``, ``min`` trainable only with ``asymmetric``), written relative to the starting point
+(``s = scale - log(ih0 - il0)``) and with the width scaled about zero instead of about ``il``
+(below). The gradient of ``m`` is POT's gradient of ``min``; the gradient of ``s`` is POT's of
+``scale`` plus ``il0 * e`` times that of ``min`` (the same for a range starting at 0), of the
+same magnitude, so POT's learning rates (1e-6) carry over. Why it and not LSQ's step size:
 
 * *Well-conditioned.* A step on ``s`` changes the width by a relative amount, the same for a
   range of 1e-3 and one of 1e3; an additive step size (LSQ) needs its gradient rescaled by
   ``1/sqrt(N * Qp)`` to behave, and one learning rate cannot suit ranges of different magnitudes
   (per-channel weight ranges differ by up to 100x after POT's 1 % floor).
+* *Regularized toward calibration.* ``s = 0, m = 0`` is the calibrated range, so weight decay
+  (Adam's ``weight_decay``, AdamW) pulls a range back toward it; on a step size it pulls the
+  range toward zero width.
 * *Never collapses or inverts.* The width is ``(ih0 - il0) * exp(s) > 0`` for every ``s``; a
   step-size parameter crosses zero on one large step. The parameters are also *projected* into
   their bounds, in place and without gradient, each time the ranges are derived (forward,
@@ -26,8 +30,8 @@ carry over. Why it and not LSQ's step size:
   step leaves a valid range and, unlike a clamp inside the graph, no gradient is cut.
 * *Symmetric stays symmetric exactly.* Without ``min_shift`` the range scales about zero:
   ``il0 = -ih0`` gives ``il = -ih`` bit for bit (rounding is sign-symmetric), the signed
-  activation grid ``il = -ih * L/(L-2)`` keeps its ratio, so the zero point ``-il/(ih-il)*(L-1)``
-  never moves, and an unsigned range (``il0 = 0``) keeps ``il = 0`` exactly. **Difference from
+  activation grid ``il = -ih * L/(L-2)`` keeps its ratio (to float32 rounding), so the zero point
+  ``-il/(ih-il)*(L-1)`` stays on its integer, and an unsigned range (``il0 = 0``) keeps ``il = 0`` exactly. **Difference from
   POT:** POT keeps ``il`` fixed and moves only ``ih``; for ``il0 = 0`` that is the same thing, but
   for a signed range it breaks the symmetry and moves the zero off the grid.
 * *Output range follows.* ``ol/oh`` move with the same factor and shift, scaled by their ratio
@@ -39,8 +43,8 @@ carry over. Why it and not LSQ's step size:
   (POT's asymmetric ranges always include zero), never moves a range further from zero, and is 0
   on channels with an edge at exactly zero: a ReLU output range ``[0, M]`` stays at 0, so its zeros
   stay exact and no level is spent on values that never occur. (POT with ``asymmetric`` would also
-  shift those.) The zero point of a shifted range is no longer an integer, as in POT; the
-  FakeQuantize IR handles that, QDQ export needs ``train_min=False``.
+  shift those.) The zero point of a shifted range need not be an integer (as in POT's tuning);
+  ONNX QDQ export needs an integral one, so keep ``train_min=False`` for it.
 * *Per channel.* ``s`` and ``m`` have the shape of the range (``[C,1,1,1]``, ``[1,C,1,1]``, or 0-d),
   so per-channel ranges train per channel. ``levels`` never changes.
 * *Bitwise at the start.* ``s = 0`` and ``m = -0.0`` reproduce every anchor bit for bit, so
