@@ -201,6 +201,9 @@ def test_a_huge_step_never_collapses_or_inverts_the_range(seed, scale, train_min
         assert all(bool(torch.isfinite(t).all()) for t in (il, ih, ol, oh))
         assert bool((ih > il).all() and (oh > ol).all())
         assert bool((il <= 0).all() and (ih >= 0).all())  # zero stays inside
+        if train_min:
+            z = _zero_points(fq)
+            assert bool(((z - z.round()).abs() < 1e-3).all())
         assert bool((fq.log_scale.abs() <= MAX_LOG_SCALE).all())
         assert bool(torch.isfinite(fq(x)).all())
     # back to normal steps: the projected parameters are not stuck far outside their bounds
@@ -209,6 +212,30 @@ def test_a_huge_step_never_collapses_or_inverts_the_range(seed, scale, train_min
     torch.optim.SGD([fq.log_scale], lr=0.1).step()
     fq.ranges()
     assert not torch.equal(fq.log_scale.detach(), before)
+
+
+def _zero_points(fq):
+    il, ih, _, _ = (t.detach().double() for t in fq.ranges())
+    return -il / (ih - il) * (fq.levels - 1)
+
+
+@pytest.mark.parametrize("levels", [256, 255, 16])
+def test_a_shifted_range_keeps_an_integer_zero_point(levels):
+    lo, hi = torch.tensor([-0.37, -1.0, 0.0, -2.1]), torch.tensor([1.9, 0.2, 1.0, 2.3])
+    fq = FakeQuantize(levels, lo, hi)
+    start = _zero_points(fq)
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(8)) * torch.tensor([0.5, 0.3, 1.0, 1.0]) + 0.7
+    opt = torch.optim.Adam(train_ranges(fq, train_min=True), lr=0.03)
+    for _ in range(10):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(fq(x), x).backward()
+        opt.step()
+    moved = fq.min_shift.detach() != 0
+    assert moved.tolist() == [True, True, False, True]  # channel 2 starts at 0: anchored
+    z = _zero_points(fq)
+    assert (z[moved] - z[moved].round()).abs().max() < 1e-3  # snapped; POT's start was not always
+    assert not torch.equal(z[moved].round(), start[moved].round())  # and the zero point did move
+    assert z[2] == 0
 
 
 # ------------------------------------------------------------------------------- mode switching

@@ -65,3 +65,28 @@ def test_every_range_of_a_converted_model_gets_a_gradient_and_reloads_bitwise(na
     ep = torch.export.export(qmodel, x if isinstance(x, tuple) else (x,))
     ops = [n for n in ep.graph.nodes if n.target == torch.ops.torchpqt.fake_quantize.default]
     assert len(ops) == len(fqs)
+
+
+@pytest.mark.openvino
+def test_trained_ranges_export_to_ir_with_the_check_passing(tmp_path):
+    # every range trained, weights shifted too: their zero points stay integers, so the weights
+    # compress to int8 and the IR agrees with the torch model
+    pytest.importorskip("openvino")
+    from torchpqt.exporters import openvino as ov_export
+
+    qmodel, data = _quantized("tiny_cnn")
+    fp_model = models.build("tiny_cnn")
+    start = {n: m.input_low.clone() for n, m in qmodel.named_modules() if isinstance(m, FakeQuantize)}
+    opt = torch.optim.Adam(train_ranges(qmodel, train_min=True), lr=3e-3)
+    for _ in range(5):
+        opt.zero_grad()
+        _loss(qmodel, fp_model, data).backward()
+        opt.step()
+    trained = {n: [t.detach().clone() for t in m.ranges()] for n, m in qmodel.named_modules()
+               if isinstance(m, FakeQuantize)}
+    report = ov_export.export(freeze_ranges(qmodel), data[0], tmp_path / "m.xml")  # check=True: raises
+    assert report.max_diff_steps is not None and report.max_diff_steps <= 2.0
+    moved = [n for n, low in start.items() if not torch.equal(low, trained[n][0])]
+    assert len(moved) >= 8  # all weight ranges and the signed input range were shifted
+    for name, values in trained.items():  # the exported model holds the trained ranges
+        assert all(torch.equal(a, b) for a, b in zip(qmodel.get_submodule(name).ranges(), values))

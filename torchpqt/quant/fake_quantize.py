@@ -234,7 +234,7 @@ class FakeQuantize(nn.Module):
             return anchors
         min_shift = self._parameters.get("min_shift")
         range_param.project_(self.log_scale, min_shift, anchors[0], anchors[1])
-        return range_param.derive(anchors, self.log_scale, min_shift, self.__dict__.get("_follow"))
+        return range_param.derive(anchors, self.log_scale, min_shift, self.levels, self.__dict__.get("_follow"))
 
     def train_ranges(self, enabled: bool = True, *, train_min: bool = False) -> FakeQuantize:
         """Makes the ranges trainable (or freezes them when ``enabled`` is False), in place.

@@ -5,10 +5,11 @@ Why this parameterization: see :mod:`torchpqt.quant.trainable`. In short, with t
 (``s``) and, optionally, ``min_shift`` (``m``)::
 
     e  = exp(s)                      # the width factor, s in [-ln 2**10, ln 2**10]
-    il = il0 * e + m                 ih = ih0 * e + m
-    ol = ol0 * e + a * m             oh = oh0 * e + a * m      a = (oh0 - ol0) / (ih0 - il0)
+    il = il0 * e + m'                ih = ih0 * e + m'
+    ol = ol0 * e + a * m'            oh = oh0 * e + a * m'     a = (oh0 - ol0) / (ih0 - il0)
 
-so the width is ``(ih0 - il0) * e`` (never zero, never negative), the output range keeps its
+where ``m'`` is ``m`` plus the (gradient-free) nudge that puts zero on an integer level once the
+range has shifted. So the width is ``(ih0 - il0) * e`` (never zero, never negative), the output range keeps its
 ratio to the input range, and a range edge at exactly zero stays there. At ``s = 0, m = -0.0``
 every value is its anchor bit for bit (``x * 1.0 == x`` and ``x + -0.0 == x`` in IEEE 754).
 """
@@ -81,11 +82,23 @@ def outputs_follow(anchors: Ranges) -> bool:
     return _same(ol0, il0) and _same(oh0, ih0)
 
 
-def derive(anchors: Ranges, log_scale: Tensor, min_shift: Tensor | None,
+@torch.no_grad()
+def _zero_snap(il: Tensor, ih: Tensor, moved: Tensor, levels: int) -> Tensor:
+    """The shift that puts zero on the nearest integer level of a shifted range (-0.0 elsewhere)."""
+    step = (ih - il) / (levels - 1)
+    snap = -(-il / step).round().clamp(0, levels - 1) * step - il
+    return torch.where(moved, snap, torch.full_like(snap, -0.0))
+
+
+def derive(anchors: Ranges, log_scale: Tensor, min_shift: Tensor | None, levels: int,
            follow: bool | None = None) -> Ranges:
     """The effective ``(il, ih, ol, oh)`` from the anchors and the parameters (differentiable).
 
-    ``follow``: :func:`outputs_follow` of the anchors, when the caller has it (it syncs a GPU).
+    With ``min_shift``, a channel whose shift is not zero gets its zero point snapped to the
+    nearest integer level, straight through (no gradient of the snap), as NNCF's asymmetric
+    quantizer aligns its range in every forward: the range stays exportable to an integer grid
+    (weights compressed to int8 with an integer zero point, QDQ). ``follow``:
+    :func:`outputs_follow` of the anchors, when the caller has it (it syncs a GPU).
     """
     il0, ih0, ol0, oh0 = anchors
     e = log_scale.exp()
@@ -95,9 +108,11 @@ def derive(anchors: Ranges, log_scale: Tensor, min_shift: Tensor | None,
     if min_shift is None:
         return il, ih, ol, oh
     keep = _anchored(il0, ih0)
-    il_m, ih_m = torch.where(keep, il, il + min_shift), torch.where(keep, ih, ih + min_shift)
+    moved = (min_shift != 0) & ~keep
+    total = min_shift + _zero_snap(il + min_shift, ih + min_shift, moved, levels)
+    il_m, ih_m = torch.where(keep, il, il + total), torch.where(keep, ih, ih + total)
     if follow:
         return il_m, ih_m, il_m, ih_m
     ratio = (oh0 - ol0) / (ih0 - il0)  # POT's saturation fix: exactly 2
-    shift = ratio * min_shift
+    shift = ratio * total
     return il_m, ih_m, torch.where(keep, ol, ol + shift), torch.where(keep, oh, oh + shift)

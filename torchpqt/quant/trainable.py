@@ -5,8 +5,11 @@ buffers as *anchors* (the ranges when training started) and gets the parameter `
 (``s``, one per channel of the range) and, with ``train_min``, ``min_shift`` (``m``)::
 
     e  = exp(s)                         s in [-ln 1024, ln 1024]
-    il = il0 * e + m                    ih = ih0 * e + m
-    ol = ol0 * e + a * m                oh = oh0 * e + a * m,    a = (oh0 - ol0) / (ih0 - il0)
+    il = il0 * e + m'                   ih = ih0 * e + m'
+    ol = ol0 * e + a * m'               oh = oh0 * e + a * m',   a = (oh0 - ol0) / (ih0 - il0)
+
+with ``m' = m + snap``, ``snap`` the gradient-free nudge (less than half a level) that puts zero
+on an integer level once a channel's range has shifted (below).
 
 This is POT's layerwise-tuning parameterization (spec §11: ``scale = log(ih - il)`` and ``min =
 il``, ``min`` trainable only with ``asymmetric``), written relative to the starting point
@@ -43,8 +46,13 @@ same magnitude, so POT's learning rates (1e-6) carry over. Why it and not LSQ's 
   (POT's asymmetric ranges always include zero), never moves a range further from zero, and is 0
   on channels with an edge at exactly zero: a ReLU output range ``[0, M]`` stays at 0, so its zeros
   stay exact and no level is spent on values that never occur. (POT with ``asymmetric`` would also
-  shift those.) The zero point of a shifted range need not be an integer (as in POT's tuning);
-  ONNX QDQ export needs an integral one, so keep ``train_min=False`` for it.
+  shift those.) Once a channel has shifted, its zero point is snapped to the nearest integer
+  level in every forward, straight through, as NNCF's asymmetric quantizer does (POT's tuning
+  left it fractional): compressed int8 weights and QDQ need an integer zero point (without the
+  snap, the IR check of a test CNN with shifted weight ranges failed at 2.7-4.1 quantization
+  steps; with it, 0.3-1.4).
+  ``train_min`` is meant for asymmetric FakeQuantize: on symmetric weights it makes them
+  asymmetric, which OpenVINO's CPU plugin runs partly in f32.
 * *Per channel.* ``s`` and ``m`` have the shape of the range (``[C,1,1,1]``, ``[1,C,1,1]``, or 0-d),
   so per-channel ranges train per channel. ``levels`` never changes.
 * *Bitwise at the start.* ``s = 0`` and ``m = -0.0`` reproduce every anchor bit for bit, so
