@@ -234,7 +234,8 @@ class FakeQuantize(nn.Module):
             return anchors
         min_shift = self._parameters.get("min_shift")
         range_param.project_(self.log_scale, min_shift, anchors[0], anchors[1])
-        return range_param.derive(anchors, self.log_scale, min_shift, self.levels, self.__dict__.get("_follow"))
+        follow = self.__dict__.get("_follow")  # None in modules pickled before it existed: derive decides
+        return range_param.derive(anchors, self.log_scale, min_shift, self.levels, follow)
 
     def train_ranges(self, enabled: bool = True, *, train_min: bool = False) -> FakeQuantize:
         """Makes the ranges trainable (or freezes them when ``enabled`` is False), in place.
