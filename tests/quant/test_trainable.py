@@ -224,7 +224,8 @@ def test_a_shifted_range_keeps_an_integer_zero_point(levels):
     lo, hi = torch.tensor([-0.37, -1.0, 0.0, -2.1]), torch.tensor([1.9, 0.2, 1.0, 2.3])
     fq = FakeQuantize(levels, lo, hi)
     start = _zero_points(fq)
-    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(8)) * torch.tensor([0.5, 0.3, 1.0, 1.0]) + 0.7
+    spread = torch.tensor([0.5, 0.3, 1.0, 1.0])
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(8)) * spread + 0.7
     opt = torch.optim.Adam(train_ranges(fq, train_min=True), lr=0.03)
     for _ in range(10):
         opt.zero_grad()

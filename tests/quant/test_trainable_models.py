@@ -38,14 +38,16 @@ def test_every_range_of_a_converted_model_gets_a_gradient_and_reloads_bitwise(na
             exact[name] = exact.get(name, True) and torch.allclose(out, args[0], rtol=2**-23, atol=0)
         return hook
 
-    hooks = [m.register_forward_hook(record(n)) for n, m in qmodel.named_modules() if isinstance(m, FakeQuantize)]
+    hooks = [m.register_forward_hook(record(n)) for n, m in qmodel.named_modules()
+             if isinstance(m, FakeQuantize)]
     for step in range(3):
         opt.zero_grad()
         _loss(qmodel, fp_model, data[:4]).backward()
         if step == 0:
             for h in hooks:
                 h.remove()
-            silent = [n for n, p in named_trainable_ranges(qmodel) if p.grad is None or not bool(p.grad.any())]
+            silent = [n for n, p in named_trainable_ranges(qmodel)
+                      if p.grad is None or not bool(p.grad.any())]
             # the STE gives no gradient where nothing is lost: all of those must be exact
             assert all(exact[n.rsplit(".", 1)[0]] for n in silent), f"no gradient reached {silent}"
             assert len(silent) <= 1

@@ -34,9 +34,10 @@ same magnitude, so POT's learning rates (1e-6) carry over. Why it and not LSQ's 
 * *Symmetric stays symmetric exactly.* Without ``min_shift`` the range scales about zero:
   ``il0 = -ih0`` gives ``il = -ih`` bit for bit (rounding is sign-symmetric), the signed
   activation grid ``il = -ih * L/(L-2)`` keeps its ratio (to float32 rounding), so the zero point
-  ``-il/(ih-il)*(L-1)`` stays on its integer, and an unsigned range (``il0 = 0``) keeps ``il = 0`` exactly. **Difference from
-  POT:** POT keeps ``il`` fixed and moves only ``ih``; for ``il0 = 0`` that is the same thing, but
-  for a signed range it breaks the symmetry and moves the zero off the grid.
+  ``-il/(ih-il)*(L-1)`` stays on its integer, and an unsigned range (``il0 = 0``) keeps ``il = 0``
+  exactly. **Difference from POT:** POT keeps ``il`` fixed and moves only ``ih``; for ``il0 = 0``
+  that is the same thing, but for a signed range it breaks the symmetry and moves the zero off
+  the grid.
 * *Output range follows.* ``ol/oh`` move with the same factor and shift, scaled by their ratio
   ``a`` to the input range: when ``ol0 = il0, oh0 = ih0`` the output ranges *are* the input
   ranges (the same tensors); the saturation fix's doubled output (``a = 2``), GNA's overflow
