@@ -11,7 +11,8 @@ Why this parameterization: see :mod:`torchpqt.quant.trainable`. In short, with t
 where ``m'`` is ``m`` plus the (gradient-free) nudge that puts zero on an integer level once the
 range has shifted. So the width is ``(ih0 - il0) * e`` (never zero, never negative), the output
 range keeps its ratio to the input range, and a range edge at exactly zero stays there. At
-``s = 0, m = -0.0`` every value is its anchor bit for bit (``x * 1.0 == x`` and ``x + -0.0 == x`` in IEEE 754).
+``s = 0, m = -0.0`` every value is its anchor bit for bit (``x * 1.0 == x`` and ``x + -0.0 == x``
+in IEEE 754).
 """
 
 from __future__ import annotations
