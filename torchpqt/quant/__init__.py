@@ -6,5 +6,6 @@ re-exported here so that the name keeps meaning the submodule.
 
 from torchpqt.quant.fake_quantize import FakeQuantize
 from torchpqt.quant.spec import QuantSpec
+from torchpqt.quant.trainable import freeze_ranges, train_ranges, trainable_ranges
 
-__all__ = ["FakeQuantize", "QuantSpec"]
+__all__ = ["FakeQuantize", "QuantSpec", "freeze_ranges", "train_ranges", "trainable_ranges"]

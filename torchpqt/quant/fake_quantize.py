@@ -30,9 +30,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from torchpqt.errors import ConfigError
+from torchpqt.errors import ConfigError, ExportError
+from torchpqt.quant import range_param
 
 __all__ = ["FakeQuantize", "fake_quantize"]
+
+_RANGES = ("input_low", "input_high", "output_low", "output_high")
+_PARAMS = ("log_scale", "min_shift")
 
 RangeLike = Any  # float, sequence, numpy array or tensor
 
@@ -163,6 +167,10 @@ def _short(t: Tensor) -> str:
 class FakeQuantize(nn.Module):
     """OpenVINO ``FakeQuantize`` (opset1) as a module; ranges are float32 buffers.
 
+    The ranges are frozen buffers by default (what export sees); :meth:`train_ranges` makes them
+    trainable (see :mod:`torchpqt.quant.trainable`) and :meth:`freeze` writes the trained values
+    back into the buffers.
+
     Args:
         levels: number of quantization levels, e.g. 256 (activations) or 255 (weights).
         input_low, input_high: input range, broadcastable to the input: a 0-d tensor for
@@ -200,16 +208,121 @@ class FakeQuantize(nn.Module):
             self.register_buffer(name, tensor)
 
     def forward(self, x: Tensor) -> Tensor:
-        return fake_quantize(x, self.input_low, self.input_high, self.output_low, self.output_high,
-                             self.levels)
+        if self.ranges_trainable and (torch.compiler.is_exporting() or torch.jit.is_tracing()):
+            raise ExportError("torchpqt.FakeQuantize: the ranges are trainable parameters, so an export "
+                              "would trace their arithmetic instead of constant ranges; call "
+                              "torchpqt.quant.trainable.freeze_ranges(model) (or fq.freeze()) before "
+                              "exporting")
+        return fake_quantize(x, *self.ranges(), self.levels)
+
+    # ------------------------------------------------------------------------ trainable ranges
+
+    @property
+    def ranges_trainable(self) -> bool:
+        """True between :meth:`train_ranges` and :meth:`freeze`."""
+        return "log_scale" in self._parameters
+
+    def ranges(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The effective ``(input_low, input_high, output_low, output_high)`` the forward uses.
+
+        Frozen: the buffers. Trainable: derived from the buffers (the values when training
+        started) and the parameters, differentiable, after projecting the parameters into their
+        bounds in place (see :mod:`torchpqt.quant.trainable`).
+        """
+        anchors = tuple(getattr(self, n) for n in _RANGES)
+        if not self.ranges_trainable:
+            return anchors
+        min_shift = self._parameters.get("min_shift")
+        range_param.project_(self.log_scale, min_shift, anchors[0], anchors[1])
+        follow = self.__dict__.get("_follow")  # None in modules pickled before it existed: derive decides
+        return range_param.derive(anchors, self.log_scale, min_shift, self.levels, follow)
+
+    def train_ranges(self, enabled: bool = True, *, train_min: bool = False) -> FakeQuantize:
+        """Makes the ranges trainable (or freezes them when ``enabled`` is False), in place.
+
+        Adds the parameter ``log_scale`` (the log of the width relative to now, POT's ``scale``)
+        and, with ``train_min``, ``min_shift`` (a shift of the range, POT's ``min``); both start
+        at zero, so the forward is bitwise unchanged. Called on an already trainable module with
+        the same ``train_min`` it keeps the existing parameters (an optimizer holding them stays
+        valid); with another ``train_min`` it freezes first and makes new ones.
+
+        Raises:
+            ConfigError: the four ranges differ in shape, are not finite, or ``input_high <=
+                input_low`` somewhere.
+        """
+        if not enabled:
+            return self.freeze()
+        if self.ranges_trainable:
+            if ("min_shift" in self._parameters) == bool(train_min):
+                return self
+            self.freeze()
+        anchors = tuple(getattr(self, n) for n in _RANGES)
+        range_param.check_anchors(*anchors, name="torchpqt.FakeQuantize")
+        self._follow = range_param.outputs_follow(anchors)  # decided once: the buffers are the anchors
+        self.log_scale = nn.Parameter(torch.zeros_like(anchors[0]))
+        if train_min:  # -0.0: adding it is the identity on every float, -0.0 included
+            self.min_shift = nn.Parameter(torch.full_like(anchors[0], -0.0))
+        return self
+
+    @torch.no_grad()
+    def freeze(self) -> FakeQuantize:
+        """Writes the effective ranges into the buffers and drops the range parameters (in place)."""
+        if self.ranges_trainable:
+            self._rebase()
+            for name in _PARAMS:
+                self._parameters.pop(name, None)
+            self.__dict__.pop("_follow", None)
+        return self
+
+    @torch.no_grad()
+    def _rebase(self) -> None:
+        """Buffers := effective ranges, parameters := their zero, in place (the forward is unchanged)."""
+        values = [v.detach().clone() for v in self.ranges()]
+        for name, value in zip(_RANGES, values):
+            getattr(self, name).copy_(value)
+        self.log_scale.zero_()
+        if "min_shift" in self._parameters:
+            self.min_shift.fill_(-0.0)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # Trainable: the same four keys as a frozen module, holding the effective ranges, so a
+        # state_dict never depends on the mode and loads into either.
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.ranges_trainable:
+            with torch.no_grad():
+                values = self.ranges()
+            for name in _PARAMS:
+                destination.pop(prefix + name, None)
+            for name, value in zip(_RANGES, values):
+                destination[prefix + name] = value.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        trainable = self.ranges_trainable
+        if trainable:  # the loaded ranges become the anchors, with the parameters back at zero
+            self._rebase()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if trainable:
+            for name in _PARAMS:
+                if prefix + name in missing_keys:
+                    missing_keys.remove(prefix + name)
+            anchors = tuple(getattr(self, n) for n in _RANGES)
+            self._follow = range_param.outputs_follow(anchors)
+            try:
+                range_param.check_anchors(*anchors, name=f"{prefix}FakeQuantize")
+            except ConfigError as exc:
+                error_msgs.append(str(exc))
 
     def extra_repr(self) -> str:
-        text = f"levels={self.levels}, input_low={_short(self.input_low)}, input_high={_short(self.input_high)}"
-        same = (self.output_low.shape == self.input_low.shape and self.output_high.shape == self.input_high.shape
-                and torch.equal(self.output_low, self.input_low)
-                and torch.equal(self.output_high, self.input_high))
+        with torch.no_grad():
+            il, ih, ol, oh = self.ranges()
+        text = f"levels={self.levels}, input_low={_short(il)}, input_high={_short(ih)}"
+        same = ol.shape == il.shape and oh.shape == ih.shape and torch.equal(ol, il) and torch.equal(oh, ih)
         if not same:
-            text += f", output_low={_short(self.output_low)}, output_high={_short(self.output_high)}"
+            text += f", output_low={_short(ol)}, output_high={_short(oh)}"
+        if self.ranges_trainable:
+            text += ", trainable=" + ("scale+min" if "min_shift" in self._parameters else "scale")
         return text
 
     @classmethod
