@@ -166,7 +166,7 @@ def calibrate(prepared: torch.nn.Module, batches: Iterable[Inputs], *, total: in
                 prepared(*args, **kwargs)
             except CalibrationError as exc:
                 raise CalibrationError(f"calibration {_span(batch, n, seen)}: {exc}") from exc
-            except Exception as exc:  # noqa: BLE001 -- any failure on a sample is reported with the sample
+            except Exception as exc:  # any failure on a sample is reported with the sample
                 text = str(exc).strip().splitlines()
                 raise CalibrationError(
                     f"calibration {_span(batch, n, seen)}: the model failed on it with {type(exc).__name__}: "

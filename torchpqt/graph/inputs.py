@@ -83,21 +83,6 @@ def captured_inputs(gm: fx.GraphModule, args: tuple, kwargs: dict) -> tuple[Capt
     return tuple(out)
 
 
-def describe_inputs(gm: fx.GraphModule, args: tuple, kwargs: dict) -> str:
-    """``x: [1, 3, 8, 8] float32, ...``: the inputs of one call, named as the captured model names them."""
-    captured = getattr(gm, "torchpqt_inputs", ())
-    flat = _flat(gm, args, kwargs)
-    if flat is not None and len(flat) == len([n for n in gm.graph.nodes if n.op == "placeholder"]):
-        names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-        pairs = list(zip(names, flat))
-    else:
-        leaves = [*args, *kwargs.values()]
-        pairs = [(f"input {i}", v) for i, v in enumerate(leaves)]
-    got = ", ".join(f"{n}: {_shape(v.shape)} {_dtype(v.dtype)}" for n, v in pairs if isinstance(v, torch.Tensor))
-    want = ", ".join(c.describe() for c in captured)
-    return f"received {got or 'no tensor'}; the model was captured with {want or 'unknown inputs'}"
-
-
 def named_inputs(gm: fx.GraphModule, args: tuple, kwargs: dict) -> list[tuple[str, object]]:
     """The flat inputs of one call with the captured model's names (``input <i>`` where they do not fit)."""
     flat = _flat(gm, args, kwargs)
