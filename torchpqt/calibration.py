@@ -162,22 +162,33 @@ def calibrate(prepared: torch.nn.Module, batches: Iterable[Inputs], *, total: in
             args, kwargs = _to_device(tuple(batch), device)
             n = _num_samples((args, kwargs))
             check_finite(prepared, batch, args, kwargs, seen)
-            try:
-                prepared(*args, **kwargs)
-            except CalibrationError as exc:
-                raise CalibrationError(f"calibration {_span(batch, n, seen)}: {exc}") from exc
-            except Exception as exc:  # any failure on a sample is reported with the sample
-                text = str(exc).strip().splitlines()
-                raise CalibrationError(
-                    f"calibration {_span(batch, n, seen)}: the model failed on it with {type(exc).__name__}: "
-                    f"{text[0] if text else ''} ({describe_inputs(prepared, args, kwargs)}); fix: give every "
-                    "sample the shapes and dtypes of the example inputs (dims marked 'may vary' only as far "
-                    "as the model allows)") from exc
+            _forward(prepared, args, kwargs, batch, n, seen)
             seen += n
             bar.update(n)
     if seen == 0:
         raise TorchPQTError("the calibration data yielded no sample; pass a non-empty iterable")
     return seen
+
+
+def _forward(prepared, args: tuple, kwargs: dict, batch, n: int, first_sample: int) -> None:
+    """One calibration forward; a failure names the sample(s) and the shapes received and captured."""
+
+    def where() -> str:
+        return _span(batch, n, first_sample)
+
+    try:
+        prepared(*args, **kwargs)
+    except CalibrationError as exc:  # the input check of the captured model
+        raise CalibrationError(f"calibration {where()}: {exc}") from exc
+    except TorchPQTError:
+        raise
+    except Exception as exc:  # any failure of the model on a sample is reported with the sample
+        text = str(exc).strip().splitlines()
+        raise CalibrationError(
+            f"calibration {where()}: the model failed on it with {type(exc).__name__}: "
+            f"{text[0] if text else ''} ({describe_inputs(prepared, args, kwargs)}); fix: give every sample "
+            "the shapes and dtypes of the example inputs (dims marked 'may vary' only as far as the model "
+            "allows)") from exc
 
 
 def check_finite(prepared, batch, args: tuple, kwargs: dict, first_sample: int) -> None:
