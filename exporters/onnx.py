@@ -159,6 +159,38 @@ def _fake_quantize_translation():
     return fake_quantize
 
 
+class _DropRecords(logging.Filter):
+    """Drops the log records whose message starts with one of ``prefixes`` (sent to torchpqt's debug log)."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self.prefixes):
+            logger.debug("%s: %s", record.name, record.getMessage())
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_dynamo_export():
+    """What torch.onnx.export(dynamo=True) tells every user and no user can act on, silenced for that call:
+    one warning per torchvision op its registry skips when torchvision is not installed (logged on the
+    registry's own logger), and typing_extensions' FutureWarning about ``LeafSpec`` that torch's own
+    deepcopy of the module call graph raises in run_decompositions."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    drop = _DropRecords(("torchvision is not installed",))
+    registry.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
+                                    category=FutureWarning)
+            yield
+    finally:
+        registry.removeFilter(drop)
+
+
 def _export_dynamo(model, args, kwargs, opset, dynamic) -> onnx.ModelProto:
     dynamic_shapes = None
     if dynamic:
@@ -166,7 +198,7 @@ def _export_dynamo(model, args, kwargs, opset, dynamic) -> onnx.ModelProto:
             tuple(_batch_dims(a) for a in args)
     # torch.onnx reports progress on stdout; a library must not print, so it goes to the log
     out = io.StringIO()
-    with contextlib.redirect_stdout(out), warnings.catch_warnings():
+    with contextlib.redirect_stdout(out), _quiet_dynamo_export(), warnings.catch_warnings():
         # eval_mode() already switched what can be switched (torch.export's .module() cannot)
         warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
         program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, verbose=False,

@@ -371,6 +371,38 @@ class TinyBert(nn.Module):
         return out.last_hidden_state, out.pooler_output
 
 
+class BagOfWords(nn.Module):
+    """Bag-of-words text classifier over int64 token ids [1, 8] (vocab 40, width 16): embedding, pooling
+    over the tokens, linear head. ``pool``: ``mean`` (Gather -> ReduceMean -> MatMul), ``sum``
+    (ReduceSum), ``bag`` (``nn.EmbeddingBag(mode='mean')``), ``mean_ln`` (mean -> LayerNorm -> linear) or
+    ``mean_tokens`` (mean, and a second output: a softmax over each token's embedding, which keeps POT from
+    moving the FakeQuantize of the ReduceMean onto the table; POT 2023.3 fails on ``mean`` and
+    ``mean_ln``, see tests/graph/test_pot_parity.py)."""
+
+    def __init__(self, pool: str = "mean", vocab: int = 40, dim: int = 16, classes: int = 4):
+        super().__init__()
+        self.pool = pool
+        self.embed = nn.EmbeddingBag(vocab, dim, mode="mean") if pool == "bag" else nn.Embedding(vocab, dim)
+        self.norm = nn.LayerNorm(dim) if pool == "mean_ln" else None
+        self.head = nn.Linear(dim, classes)
+        if self.norm is not None:
+            with torch.no_grad():
+                self.norm.weight.copy_(torch.rand(dim) + 0.5)
+                self.norm.bias.copy_(torch.randn(dim) * 0.1)
+
+    def forward(self, input_ids):
+        if self.pool == "bag":
+            return self.head(self.embed(input_ids))
+        x = self.embed(input_ids)
+        tokens = x
+        x = x.sum(dim=1) if self.pool == "sum" else x.mean(dim=1)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.pool == "mean_tokens":
+            return self.head(x), torch.softmax(tokens, -1)
+        return self.head(x)
+
+
 class MaskedEncoder(nn.Module):
     """Embedding + single-head self-attention with an additive padding mask + LayerNorm + GELU MLP, written
     with plain ops; inputs ``(ids, mask)`` (int64 [B, L] each). Used by the placement and export tests."""
@@ -418,6 +450,19 @@ upsample_conv = _probe(UpsampleConv)
 concat3_pool = _probe(Concat3Pool)
 tiny_bert = _probe(TinyBert)
 
+
+def _bag_of_words(pool: str):
+    def builder() -> nn.Module:
+        return BagOfWords(pool)
+
+    builder.__name__ = f"bow_{pool}"
+    builder.__doc__ = BagOfWords.__doc__
+    return _seeded(builder)
+
+
+bow_mean, bow_sum, bow_bag, bow_mean_ln, bow_mean_tokens = (
+    _bag_of_words(p) for p in ("mean", "sum", "bag", "mean_ln", "mean_tokens"))
+
 # name -> (builder, input: ("image", shape) | ("ids", shape, vocab) | ("ids+mask", shape, vocab) |
 #                          ("features", shape))
 MODELS = {
@@ -438,6 +483,11 @@ MODELS = {
     "upsample_conv": (upsample_conv, ("image", (3, 8, 8))),
     "concat3_pool": (concat3_pool, ("image", (3, 8, 8))),
     "tiny_bert": (tiny_bert, ("ids+mask", (8,), 100)),
+    "bow_mean": (bow_mean, ("ids", (8,), 40)),
+    "bow_sum": (bow_sum, ("ids", (8,), 40)),
+    "bow_bag": (bow_bag, ("ids", (8,), 40)),
+    "bow_mean_ln": (bow_mean_ln, ("ids", (8,), 40)),
+    "bow_mean_tokens": (bow_mean_tokens, ("ids", (8,), 40)),
 }
 
 

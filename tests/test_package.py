@@ -22,5 +22,5 @@ def test_exporters_install_as_a_subpackage():
 
 def test_public_api():
     for name in ("prepare", "convert", "quantize", "plan", "FakeQuantize", "DefaultQuantizationConfig",
-                 "ConfigError", "CaptureError", "ScopeError", "ExportError", "TorchPQTError"):
+                 "CalibrationError", "ConfigError", "CaptureError", "ScopeError", "ExportError", "TorchPQTError"):
         assert name in torchpqt.__all__ and hasattr(torchpqt, name), name

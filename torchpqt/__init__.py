@@ -6,12 +6,20 @@
 
 from torchpqt.api import QuantizationPlan, convert, plan, prepare, quantize
 from torchpqt.config import DefaultQuantizationConfig, load_config
-from torchpqt.errors import CaptureError, ConfigError, ExportError, ScopeError, TorchPQTError
+from torchpqt.errors import (
+    CalibrationError,
+    CaptureError,
+    ConfigError,
+    ExportError,
+    ScopeError,
+    TorchPQTError,
+)
 from torchpqt.quant.fake_quantize import FakeQuantize
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CalibrationError",
     "CaptureError",
     "ConfigError",
     "DefaultQuantizationConfig",

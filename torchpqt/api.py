@@ -24,7 +24,7 @@ from torchpqt.algorithms.min_max import (
     unify,
     weight_params,
 )
-from torchpqt.calibration import calibrate, calibration_batches
+from torchpqt.calibration import calibrate, calibration_batches, check_statistics_finite
 from torchpqt.config import DefaultQuantizationConfig, load_config
 from torchpqt.errors import TorchPQTError
 from torchpqt.graph.capture import capture
@@ -263,6 +263,7 @@ def convert(prepared: fx.GraphModule) -> fx.GraphModule:
         if p.group != "weights" and prepared.get_submodule(p.module_name).stats.num_batches == 0:
             raise TorchPQTError(f"no calibration data reached {p.name!r}: run calibration batches through the "
                                 "prepared model (under torch.no_grad()) before convert()")
+    check_statistics_finite(prepared, qplan.points)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
         qm = copy.deepcopy(prepared)

@@ -13,8 +13,9 @@ import torch
 from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
-from torchpqt.errors import ConfigError, TorchPQTError
+from torchpqt.errors import CalibrationError, ConfigError, TorchPQTError
 from torchpqt.graph.capture import split_inputs
+from torchpqt.graph.inputs import describe_inputs, named_inputs
 
 logger = logging.getLogger("torchpqt")
 
@@ -37,23 +38,63 @@ def _slice(call: Inputs, start: int, stop: int, n: int) -> Inputs:
     return pytree.tree_map(cut, call)
 
 
-def _concat(calls: list[Inputs]) -> Inputs:
+class Batch(tuple):
+    """One inference batch ``(args, kwargs)``; ``origin`` says where its samples came from:
+    ``(item index in calibration_data, first row, stop row, rows in that item)`` per piece."""
+
+    origin: tuple[tuple[int, int, int, int], ...] = ()
+
+    @classmethod
+    def of(cls, call: Inputs, origin) -> Batch:
+        batch = cls(call)
+        batch.origin = tuple(origin)
+        return batch
+
+
+def _where(batch, row: int, first_sample: int) -> str:
+    """``sample 12 (calibration_data[12])``: the ``row``-th sample of ``batch``, in the user's terms."""
+    text = f"sample {first_sample + row}"
+    for item, start, stop, rows in getattr(batch, "origin", ()):
+        if row < stop - start:
+            return text + (f" (calibration_data[{item}])" if rows == 1 else
+                           f" (calibration_data[{item}], row {start + row})")
+        row -= stop - start
+    return text
+
+
+def _span(batch, n: int, first_sample: int) -> str:
+    if n == 1:
+        return _where(batch, 0, first_sample)
+    return f"samples {first_sample}-{first_sample + n - 1} (one inference batch)"
+
+
+def _concat(calls: list[Inputs], origin) -> Inputs:
     if len(calls) == 1:
         return calls[0]
     flat = [pytree.tree_flatten(c) for c in calls]
     leaves0, spec = flat[0]
+    if any(f[1] != spec for f in flat[1:]):
+        raise CalibrationError(f"calibration items {[o[0] for o in origin]} differ in structure (tensors, "
+                               "tuples, dicts): every sample must have the structure of the first one")
     out = []
     for i, leaf in enumerate(leaves0):
         if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
-            out.append(torch.cat([f[0][i] for f in flat]))
+            parts = [f[0][i] for f in flat]
+            if any(p.shape[1:] != leaf.shape[1:] for p in parts):
+                shapes = ", ".join(f"calibration_data[{o[0]}]: {list(p.shape)}" for o, p in zip(origin, parts))
+                raise CalibrationError(
+                    f"calibration samples of different shapes cannot share an inference batch "
+                    f"(stat_batch_size={sum(o[2] - o[1] for o in origin)}): input {i} is {shapes}; fix: give "
+                    "every sample the same shape, or set stat_batch_size=1")
+            out.append(torch.cat(parts))
         else:
             out.append(leaf)
     return pytree.tree_unflatten(out, spec)
 
 
-def _items(data: Iterable, config) -> Iterator[Any]:
+def _items(data: Iterable, config) -> Iterator[tuple[int, Any]]:
     if not config.shuffle_data:
-        return iter(data)
+        return enumerate(data)
     if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
         raise ConfigError("shuffle_data=true needs an indexable dataset (with __len__ and __getitem__); "
                           "pass the Dataset itself rather than a DataLoader or generator")
@@ -61,7 +102,7 @@ def _items(data: Iterable, config) -> Iterator[Any]:
     k = n if config.stat_subset_size is None else min(config.stat_subset_size, n)
     # POT: random.seed(seed); random.sample(range(len(dataset)), stat_subset_size) (samplers/creator.py)
     indices = random.Random(config.seed).sample(range(n), k)
-    return (data[i] for i in indices)
+    return ((i, data[i]) for i in indices)
 
 
 def calibration_batches(data: Iterable, config, transform_fn: Callable | None = None) -> Iterator[Inputs]:
@@ -70,8 +111,9 @@ def calibration_batches(data: Iterable, config, transform_fn: Callable | None = 
     limit = config.stat_subset_size
     size = config.stat_batch_size
     pending: list[Inputs] = []
+    origin: list[tuple[int, int, int, int]] = []
     pending_n = taken = 0
-    for item in _items(data, config):
+    for index, item in _items(data, config):
         call = split_inputs(transform_fn(item) if transform_fn is not None else item)
         n = _num_samples(call)
         start = 0
@@ -80,16 +122,17 @@ def calibration_batches(data: Iterable, config, transform_fn: Callable | None = 
             if limit is not None:
                 stop = min(stop, start + limit - taken)
             pending.append(call if (start, stop) == (0, n) else _slice(call, start, stop, n))
+            origin.append((index, start, stop, n))
             pending_n += stop - start
             taken += stop - start
             start = stop
             if pending_n == size:
-                yield _concat(pending)
-                pending, pending_n = [], 0
+                yield Batch.of(_concat(pending, origin), origin)
+                pending, origin, pending_n = [], [], 0
         if limit is not None and taken >= limit:
             break
     if pending:
-        yield _concat(pending)
+        yield Batch.of(_concat(pending, origin), origin)
 
 
 def _to_device(call: Inputs, device: torch.device) -> Inputs:
@@ -115,12 +158,71 @@ def calibrate(prepared: torch.nn.Module, batches: Iterable[Inputs], *, total: in
     disable = (not sys.stderr.isatty()) if progress is None else not progress
     seen = 0
     with torch.no_grad(), tqdm(total=total, desc="calibration", unit="sample", disable=disable) as bar:
-        for args, kwargs in batches:
-            args, kwargs = _to_device((args, kwargs), device)
-            prepared(*args, **kwargs)
+        for batch in batches:
+            args, kwargs = _to_device(tuple(batch), device)
             n = _num_samples((args, kwargs))
+            check_finite(prepared, batch, args, kwargs, seen)
+            _forward(prepared, args, kwargs, batch, n, seen)
             seen += n
             bar.update(n)
     if seen == 0:
         raise TorchPQTError("the calibration data yielded no sample; pass a non-empty iterable")
     return seen
+
+
+def _forward(prepared, args: tuple, kwargs: dict, batch, n: int, first_sample: int) -> None:
+    """One calibration forward; a failure names the sample(s) and the shapes received and captured."""
+
+    def where() -> str:
+        return _span(batch, n, first_sample)
+
+    try:
+        prepared(*args, **kwargs)
+    except CalibrationError as exc:  # the input check of the captured model
+        raise CalibrationError(f"calibration {where()}: {exc}") from exc
+    except TorchPQTError:
+        raise
+    except Exception as exc:  # any failure of the model on a sample is reported with the sample
+        text = str(exc).strip().splitlines()
+        raise CalibrationError(
+            f"calibration {where()}: the model failed on it with {type(exc).__name__}: "
+            f"{text[0] if text else ''} ({describe_inputs(prepared, args, kwargs)}); fix: give every sample "
+            "the shapes and dtypes of the example inputs (dims marked 'may vary' only as far as the model "
+            "allows)") from exc
+
+
+def check_finite(prepared, batch, args: tuple, kwargs: dict, first_sample: int) -> None:
+    """One ``isfinite().all()`` per float input of the batch; on failure, name the sample and the input."""
+    for name, x in named_inputs(prepared, args, kwargs):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or bool(torch.isfinite(x).all()):
+            continue
+        bad = ~torch.isfinite(x)
+        row = int(bad.reshape(x.shape[0], -1).any(1).nonzero()[0, 0]) if x.dim() > 0 else 0
+        kinds = [k for k, m in (("NaN", torch.isnan(x)), ("Inf", torch.isinf(x))) if bool(m.any())]
+        raise CalibrationError(
+            f"calibration {_where(batch, row, first_sample)}: input {name} holds {' and '.join(kinds)} "
+            f"({int(bad.sum())} of {x.numel()} values in this batch); no statistic was taken from it; fix: "
+            "clean the calibration data (or map NaN/Inf in transform_fn) before quantizing")
+
+
+def check_statistics_finite(prepared: torch.nn.Module, points) -> None:
+    """Before any range is computed: every activation point's statistics are finite, else name the point
+    that went bad first (earliest batch, then graph order) and how many others did."""
+    bad = []
+    for order, p in enumerate(points):
+        if p.group == "weights":
+            continue
+        batch = prepared.get_submodule(p.module_name).stats.first_nonfinite_batch()
+        if batch is not None:
+            bad.append((batch, order, p))
+    if not bad:
+        return
+    batch, _, p = min(bad, key=lambda b: b[:2])
+    tensor = p.site.tensor
+    what = f"input {tensor.name!r}" if tensor.op == "placeholder" else f"the output of {tensor.name!r}"
+    others = f"; {len(bad) - 1} other point(s) too" if len(bad) > 1 else ""
+    raise CalibrationError(
+        f"FakeQuantize point {p.name!r} ({what}) saw NaN or Inf in calibration batch {batch} (counting from 0), "
+        f"so its range would not be finite{others}. If the inputs are finite, the model makes them (an "
+        "overflow, a -inf attention mask): fix the model, or exclude the op that point quantizes "
+        f"(ignored.scope: [{p.name.rsplit('/fq_', 1)[0]!r}]); otherwise clean the calibration data")

@@ -1,6 +1,6 @@
 """Typed errors. Every error torchpqt raises on purpose derives from :class:`TorchPQTError`."""
 
-__all__ = ["CaptureError", "ConfigError", "ExportError", "ScopeError", "TorchPQTError"]
+__all__ = ["CalibrationError", "CaptureError", "ConfigError", "ExportError", "ScopeError", "TorchPQTError"]
 
 
 class TorchPQTError(Exception):
@@ -21,3 +21,8 @@ class ScopeError(ConfigError):
 
 class ExportError(TorchPQTError):
     """The quantized model cannot be exported as asked; the message names the FakeQuantize and why."""
+
+
+class CalibrationError(TorchPQTError):
+    """A calibration sample cannot be used (NaN/Inf, a shape the model cannot take) or made a statistic
+    non-finite; the message names the sample or the FakeQuantize point and the fix."""

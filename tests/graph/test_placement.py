@@ -164,3 +164,63 @@ def test_integer_and_bool_tensors_are_never_quantized():
         val = p.site.tensor.meta.get("val")
         assert val is None or val.dtype.is_floating_point, p.name
         assert p.site.tensor.op != "placeholder"
+
+
+# --- embedding + pooling (bag-of-words classifiers) ----------------------------------------------------
+
+
+def _bow_points(name, **params):
+    return _points(models.build(name), models.example_input(name), **params)
+
+
+def test_embedding_mean_keeps_the_fq_on_the_gathered_tensor():
+    """Gather -> ReduceMean -> MatMul: ReduceMean has activations rules only, so its input FQ does not move
+    onto the table (POT 2023.3 moves it and then fails); it quantizes the gathered rows per tensor."""
+    for preset, mode in (("performance", "symmetric"), ("mixed", "asymmetric")):
+        pts = _bow_points("bow_mean", preset=preset)
+        assert sorted(pts) == ["head/fq_input_0", "head/fq_weights_1", "mean/fq_input_0"]
+        fq = pts["mean/fq_input_0"]
+        assert fq.group == "activations" and fq.site.consumer_types == ["ReduceMean"]
+        assert fq.site.tensor.name == "embedding"  # the Gather's output, not the table
+        assert (fq.spec.granularity, fq.spec.mode, fq.spec.levels) == ("pertensor", mode, 256)
+        assert pts["head/fq_input_0"].site.tensor.name == "mean"
+
+
+def test_embedding_mean_layernorm_quantizes_each_input():
+    pts = _bow_points("bow_mean_ln")
+    assert sorted(pts) == ["head/fq_input_0", "head/fq_weights_1", "mean/fq_input_0", "norm/fq_input_0"]
+    assert pts["norm/fq_input_0"].site.consumer_types == ["MVN"]
+    assert pts["mean/fq_input_0"].site.tensor.name == "embedding"
+
+
+@pytest.mark.parametrize("name", ["bow_sum", "bow_bag"])
+def test_embedding_sum_and_embedding_bag_quantize_the_linear_only(name):
+    """ReduceSum and EmbeddingBag have no CPU rule: the linear's input FQ stays below them."""
+    pts = _bow_points(name)
+    assert sorted(pts) == ["head/fq_input_0", "head/fq_weights_1"]
+    assert pts["head/fq_input_0"].site.tensor.op == "call_function"
+
+
+class EmbedTwoHeads(nn.Module):
+    """One embedding feeding a mean-pooled branch and a per-token linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(30, 8)
+        self.tok, self.cls = nn.Linear(8, 3), nn.Linear(8, 2)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return self.tok(x), self.cls(x.mean(1))
+
+
+def test_embedding_feeding_a_linear_and_a_mean_is_quantized_per_row():
+    """A consumer with a weights rule below the Gather (the linear): both input FQs move onto the table as one
+    per-row weights FQ, as POT does; the MatMul's weights configs decide it."""
+    pts = _points(EmbedTwoHeads(), torch.randint(0, 30, (1, 6)))
+    table = [p for p in pts.values() if p.group == "weights" and p.site.tensor.op == "get_attr"
+             and tuple(p.site.tensor.meta["val"].shape) == (30, 8)]
+    assert len(table) == 1, sorted(pts)
+    assert table[0].spec.granularity == "perchannel" and table[0].site.weight_axis == 0
+    assert not any(p.site.tensor.name == "embedding" for p in pts.values())

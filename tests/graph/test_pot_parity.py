@@ -136,11 +136,13 @@ def _torch_keys(gm: torch.fx.GraphModule, model: torch.nn.Module) -> tuple[Graph
 
 
 @functools.cache
-def torch_run(case: str) -> list[TorchFQ]:
-    """torchpqt on the recorded model, data and params: its FakeQuantize list in key terms."""
+def torch_run(case: str, model_name: str | None = None) -> list[TorchFQ]:
+    """torchpqt on the recorded model (or ``model_name``), data and params: its FakeQuantize list in key
+    terms."""
     rec = golden(case)
-    model = models.build(rec["model"])
-    data = models.calibration_data(rec["model"], rec["data"]["n"], seed=rec["data"]["seed"])
+    model_name = model_name or rec["model"]
+    model = models.build(model_name)
+    data = models.calibration_data(model_name, rec["data"]["n"], seed=rec["data"]["seed"])
     # where POT's params name IR nodes (ignored.scope), the recording also holds the torch-side spelling
     q = torchpqt.quantize(model, data, rec.get("torchpqt_params", rec["params"]), progress=False)
     points = q.torchpqt_plan.points
@@ -271,3 +273,25 @@ def test_known_entries_exist():
             stale += [f"{case}: no FQ {i!r}" for i in items
                       if i not in ("counts", "extra") and i not in golden(case)["fake_quantize"]]
     assert not stale, stale
+
+
+# POT 2023.3 fails on these models ("Fake quantize node /embed/Gather/fq_weights_0 does not have a suitable
+# configuration for layers []": it moves the ReduceMean's input FQ onto the embedding table, where ReduceMean
+# has no weights rule). torchpqt keeps that FQ on the Gather's output, as POT itself does in the recorded
+# twin whose second output stops the move: same weights, data and FQ tensors, one extra network output.
+POT_FAILS = {"bow_mean": "bow_mean_tokens"}
+
+
+@pytest.mark.parametrize("preset", ["performance", "mixed"])
+@pytest.mark.parametrize("model_name", sorted(POT_FAILS))
+def test_where_pot_fails_matches_pot_twin(model_name, preset):
+    """torchpqt on a model POT cannot quantize: the FQs, levels and ranges POT gives its recorded twin."""
+    case = f"{POT_FAILS[model_name]}-cpu-{preset}"
+    pot = golden(case)["fake_quantize"]
+    ours = torch_run(case, model_name)
+    assert len(ours) == len(pot), [t.name for t in ours]
+    for fq_name, fq in pot.items():
+        t = next((t for t in ours if t.edges == pot_edges(fq)), None)
+        assert t is not None, f"no torchpqt FQ where POT's {fq_name} is; torchpqt: {[x.name for x in ours]}"
+        assert (t.group == "weights") == fq["weights"], f"{fq_name}: torchpqt group {t.group}"
+        _check_ranges(fq, t)

@@ -104,6 +104,12 @@ def cases() -> dict[str, tuple[str, dict]]:
                   "concat3_pool"):
         out[f"{model}-cpu-performance"] = (model, _params())
     out["concat3_pool-cpu-mixed"] = ("concat3_pool", _params(preset="mixed"))
+    # bag-of-words text classifiers: embedding -> pooling over tokens -> linear. POT 2023.3 fails on
+    # Gather -> ReduceMean (bow_mean, bow_mean_ln: "does not have a suitable configuration") and on the
+    # ONNX Loop of EmbeddingBag (bow_bag); bow_mean_tokens is POT placing the FQ where torchpqt does
+    out["bow_sum-cpu-performance"] = ("bow_sum", _params())
+    out["bow_mean_tokens-cpu-performance"] = ("bow_mean_tokens", _params())
+    out["bow_mean_tokens-cpu-mixed"] = ("bow_mean_tokens", _params(preset="mixed"))
     # `ignored`: POT scope names are IR names; TORCHPQT_PARAMS gives the torch-side spelling
     out["mobilenet_block-cpu-performance-ignored"] = ("mobilenet_block", _params(ignored={
         "scope": [_IGNORED_SCOPE_IR],

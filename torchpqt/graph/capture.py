@@ -22,6 +22,7 @@ from torch import fx
 from torchpqt.errors import CaptureError
 from torchpqt.graph.attrs import get_attr_tensor, unique_attr_name
 from torchpqt.graph.fusions import fuse_constants
+from torchpqt.graph.inputs import InputCheck, captured_inputs
 from torchpqt.graph.ops import packet_name
 
 logger = logging.getLogger("torchpqt")
@@ -85,13 +86,19 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.E
     errors = []
     wide_args, wide_kwargs = _widen_batch(args), _widen_batch(kwargs)
     attempts = [(wide_args, wide_kwargs, False), (args, kwargs, False), (wide_args, wide_kwargs, True)]
-    noisy = logging.getLogger("torch._export.non_strict_utils")
-    level = noisy.level
-    noisy.setLevel(logging.ERROR)  # "0/1 specialized" notes for Dim.AUTO dimensions are expected here
+    # "0/1 specialized" notes for Dim.AUTO dimensions are expected here; a failed attempt logs its traceback
+    # at ERROR level (fake_tensor "failed while attempting to run meta", _trace), and CaptureError reports it
+    noisy = {logging.getLogger("torch._export.non_strict_utils"): logging.ERROR,
+             logging.getLogger("torch._subclasses.fake_tensor"): logging.CRITICAL,
+             logging.getLogger("torch.export._trace"): logging.CRITICAL}
+    levels = {lg: lg.level for lg in noisy}
+    for lg, level in noisy.items():
+        lg.setLevel(level)
     try:
         return _try_exports(model, attempts, errors)
     finally:
-        noisy.setLevel(level)
+        for lg, level in levels.items():
+            lg.setLevel(level)
 
 
 def _try_exports(model, attempts, errors):
@@ -114,11 +121,25 @@ def _try_exports(model, attempts, errors):
     if "Cache" in text and "pytree" in text:
         fix = ("the model returns a key/value cache object torch.export cannot flatten; for a HuggingFace model "
                "set model.config.use_cache = False (or pass use_cache=False in the inputs)")
+    elif isinstance(first, RuntimeError) and any(w in text for w in ("shape", "size", "dim")):
+        fix = ("the example inputs (the first calibration sample when quantize() captures) do not fit the "
+               "model: pass inputs of the shapes forward() takes")
     raise CaptureError(
         f"could not capture {type(model).__name__} with torch.export: {type(first).__name__}: "
         f"{text.splitlines()[0] if text else ''}\n"
         f"  failing code: {_user_frame(first)}\n"
+        f"  inputs: {_shapes(attempts[1][0], attempts[1][1])}\n"
         f"  fix: {fix}") from first
+
+
+def _shapes(args: tuple, kwargs: dict) -> str:
+    def one(v):
+        if isinstance(v, torch.Tensor):
+            return f"{list(v.shape)} {str(v.dtype).removeprefix('torch.')}"
+        if isinstance(v, (tuple, list)):
+            return "(" + ", ".join(one(x) for x in v) + ")"
+        return type(v).__name__
+    return ", ".join([*(one(a) for a in args), *(f"{k}={one(v)}" for k, v in kwargs.items())]) or "none"
 
 
 def capture(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
@@ -145,6 +166,9 @@ def capture(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
     fuse_constants(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()
+    gm.torchpqt_inputs = captured_inputs(gm, args, kwargs)
+    # before torch.export's own check, which raises a bare RuntimeError
+    gm.register_forward_pre_hook(InputCheck(gm.torchpqt_inputs), with_kwargs=True, prepend=True)
     return gm
 
 

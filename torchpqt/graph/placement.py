@@ -155,15 +155,23 @@ def _jump_targets(view: GraphView, node: fx.Node) -> list[Edge] | None:
     return targets
 
 
-def _propagate(view: GraphView, acts: list[Edge], blocked, covered: frozenset = frozenset()
-               ) -> tuple[list[Edge], list[Edge]]:
+def _weights_rule_below(view: GraphView, hw: HardwareConfig, node: fx.Node, blocked) -> bool:
+    """Whether a quantizable op reached from ``node``'s outputs through agnostic ops has a weights rule."""
+    types, _ = _valuable_consumers(view, hw, view.outputs(node), blocked)
+    return any(hw.configs(t, "weights") for t in types)
+
+
+def _propagate(view: GraphView, hw: HardwareConfig, acts: list[Edge], blocked,
+               covered: frozenset = frozenset()) -> tuple[list[Edge], list[Edge]]:
     """POT FakeQuantizePropagation: move activation FQs up through quantize-agnostic ops.
 
     ``covered``: edges that already carry an FQ (GNA output FQs); they stop nothing but count as quantized.
 
     Returns:
         (activation FQ edges, weight FQ edges): an FQ that jumps onto a constant input (the table of an
-        embedding Gather) becomes a weights FQ there (POT jump_to_first_input).
+        embedding Gather) becomes a weights FQ there (POT jump_to_first_input). It jumps only where an op
+        below has a weights rule: Gather -> ReduceMean (mean pooling) keeps its FQ on the Gather's output,
+        where POT 2023.3 moved it onto the table and then failed for want of a weights config.
     """
     fq_edges, const_edges = set(acts), set()
     skip = _skip_ascent(view, set(acts) | set(covered), blocked)
@@ -177,6 +185,9 @@ def _propagate(view: GraphView, acts: list[Edge], blocked, covered: frozenset = 
             continue
         targets = _jump_targets(view, producer)
         if targets is None:
+            continue
+        if any(view.is_const(t.producer) for t in targets) and not _weights_rule_below(view, hw, producer,
+                                                                                      blocked):
             continue
         fq_edges.discard(e)
         for t in reversed(targets):
@@ -330,7 +341,7 @@ def place(view: GraphView, hw: HardwareConfig, config) -> Placement:
     acts, weights = _initial_sites(view, hw, blocked)
     outputs = _output_sites(view, hw, blocked)
     covered = frozenset(e for edges in outputs.values() for e in edges)
-    acts, jumped = _propagate(view, acts, blocked, covered)
+    acts, jumped = _propagate(view, hw, acts, blocked, covered)
     by_tensor: dict[fx.Node, list[Edge]] = {}
     for e in acts:
         by_tensor.setdefault(e.producer, []).append(e)

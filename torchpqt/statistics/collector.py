@@ -39,6 +39,7 @@ class TensorStatistics:
         self.channel_axis = channel_axis
         self.inplace = inplace
         self.num_batches = 0
+        self._first_nonfinite: torch.Tensor | None = None  # on the device: first batch with a NaN/Inf stat
         self._aggregators: dict[tuple, Aggregator] = {}
         self._by_reducer: dict[tuple, list[tuple]] = {}
         for spec in specs:
@@ -57,6 +58,7 @@ class TensorStatistics:
         """Reduce one inference batch ``[B, ...]`` and feed the aggregators."""
         x = x.detach()
         pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # one aminmax pass per granularity
+        finite: torch.Tensor | None = None
         for (stat_type, q, granularity), agg_keys in self._by_reducer.items():
             if stat_type in _MINMAX_TYPES:
                 if granularity not in pairs:
@@ -69,9 +71,26 @@ class TensorStatistics:
                 stat = reduce(
                     x, stat_type, granularity, q=q, channel_axis=self.channel_axis, per_batch=self.inplace
                 )
+            ok = torch.isfinite(stat).all()
+            finite = ok if finite is None else finite & ok
             for agg_key in agg_keys:
                 self._aggregators[agg_key].update(stat)
+        if finite is not None:
+            self._note_nonfinite(finite)
         self.num_batches += 1
+
+    def _note_nonfinite(self, finite: torch.Tensor) -> None:
+        # no device-to-host sync on the hot path: the first offending batch index is kept on the device
+        here = torch.where(finite, -1, self.num_batches)
+        prev = self._first_nonfinite
+        self._first_nonfinite = here if prev is None else torch.where(prev >= 0, prev, here)
+
+    def first_nonfinite_batch(self) -> int | None:
+        """Index of the first batch whose statistics held NaN or Inf, or None."""
+        if self._first_nonfinite is None:
+            return None
+        value = int(self._first_nonfinite)
+        return value if value >= 0 else None
 
     def result(self, spec: StatSpec) -> np.ndarray:
         """The aggregated statistic (float64; scalar or ``[C]``, POT's shapes)."""
