@@ -37,7 +37,14 @@ import numpy as np
 import torch
 from torch import fx
 
-from torchpqt.algorithms.layers import Layer, channel_mean, float_weight, layer_of, quantized_weight, run_layer
+from torchpqt.algorithms.layers import (
+    Layer,
+    channel_mean,
+    float_weight,
+    layer_of,
+    quantized_weight,
+    run_layer,
+)
 from torchpqt.statistics.estimators import StatSpec
 
 __all__ = ["MEAN_PER_CHANNEL", "BiasUpdate", "candidates", "constant_input", "correct_layer", "fast_bias_correction",

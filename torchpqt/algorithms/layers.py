@@ -22,8 +22,16 @@ from torchpqt.graph.ops import packet_name
 from torchpqt.graph.view import const_value
 from torchpqt.quant.fake_quantize import FakeQuantize
 
-__all__ = ["Layer", "channel_mean", "float_weight", "layer_of", "quantized_weight", "run_layer",
-           "set_layer_tensor", "drop_unused_constants"]
+__all__ = [
+    "Layer",
+    "channel_mean",
+    "drop_unused_constants",
+    "float_weight",
+    "layer_of",
+    "quantized_weight",
+    "run_layer",
+    "set_layer_tensor",
+]
 
 CONVOLUTION, MATMUL = "Convolution", "MatMul"
 _CONVS = ("conv1d", "conv2d", "conv3d", "convolution")
@@ -134,7 +142,7 @@ def layer_of(gm: fx.GraphModule, node: fx.Node) -> Layer | None:
     name = packet_name(node)
     if name in _CONVS:
         if name == "convolution":
-            x, w, b, stride, padding, dilation, transposed, _, groups = node.args[:9]
+            _, w, b, stride, padding, dilation, transposed, _, groups = node.args[:9]
             if transposed:
                 return None
         else:
