@@ -5,7 +5,8 @@ POT: algorithms/quantization/channel_alignment/algorithm.py. A pair ``(producer,
 
 * the consumer is a Convolution with groups 1, all pads 0, strides 1 and dilations 1 (POT does not ask for a
   1x1 kernel: any kernel without padding qualifies, see check_conv_node), with a constant weight;
-* its input comes straight from a Convolution (groups 1) or a MatMul with a constant weight (its bias, if
+* its input comes straight from a Convolution (grouped and depthwise too: POT's graph types them
+  Convolution) or a MatMul with a constant weight (its bias, if
   any, is part of the producer here: the captured graph fuses it into the op), and
 * that tensor has exactly one consumer.
 

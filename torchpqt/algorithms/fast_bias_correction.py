@@ -87,7 +87,7 @@ class BiasUpdate:
 
 
 def candidates(gm: fx.GraphModule, apply_for_all_nodes: bool = False) -> list[Layer]:
-    """The layers FastBiasCorrection looks at, in graph order: Convolution (groups 1) and MatMul with a
+    """The layers FastBiasCorrection looks at, in graph order: Convolution (grouped and depthwise too) and MatMul with a
     constant weight behind a weight FakeQuantize (any constant weight with ``apply_for_all_nodes``)."""
     out = []
     for node in gm.graph.nodes:

@@ -2,10 +2,12 @@
 with its constant weight, its bias and its attributes, read from one fx node, and the small tensor helpers
 the three algorithms share.
 
-POT's ``OPERATIONS_WITH_BIAS`` are ``Convolution`` and ``MatMul`` only (graph/special_operations.py), as
-OpenVINO types: a grouped or depthwise conv is a ``GroupConvolution`` in the IR and is never a bias layer,
-nor is a transposed conv. The channel axis is 1 for a conv and -1 for a MatMul
-(``OPERATIONS_CHANNEL_AXIS``). In the captured graph the bias is an argument of the conv / linear node
+POT's ``OPERATIONS_WITH_BIAS`` are ``Convolution`` and ``MatMul`` (graph/special_operations.py) as types of
+POT's own graph, which OpenVINO's IR reader builds: it turns every ``GroupConvolution`` (grouped and
+depthwise) into a ``Convolution`` with a ``group`` attribute and weights ``[Cout, Cin/group, *k]``
+(mo/utils/ir_reader/layer_to_class.py::groupconv_to_conv). So grouped and depthwise convs are bias layers
+too (measured: POT's FastBiasCorrection corrects depthwise biases); transposed convs are not. The channel
+axis is 1 for a conv and -1 for a MatMul (``OPERATIONS_CHANNEL_AXIS``). In the captured graph the bias is an argument of the conv / linear node
 (POT's IR has it as a separate ``Add`` of a constant right after the op).
 """
 
@@ -135,7 +137,7 @@ def _weight_source(gm: fx.GraphModule, arg) -> tuple[torch.Tensor, FakeQuantize 
 
 
 def layer_of(gm: fx.GraphModule, node: fx.Node) -> Layer | None:
-    """The bias layer ``node`` is, or None: a non-transposed conv with ``groups == 1`` or a linear / matmul
+    """The bias layer ``node`` is, or None: a non-transposed conv (any ``groups``) or a linear / matmul
     whose second operand is constant (possibly behind a weight FakeQuantize)."""
     if node.op != "call_function":
         return None
@@ -149,15 +151,13 @@ def layer_of(gm: fx.GraphModule, node: fx.Node) -> Layer | None:
             w = node.args[1]
             b, stride, padding = _arg(node, 2, None), _arg(node, 3, 1), _arg(node, 4, 0)
             dilation, groups = _arg(node, 5, 1), _arg(node, 6, 1)
-        if int(groups) != 1:
-            return None  # POT: GroupConvolution in the IR
         src = _weight_source(gm, w)
         if src is None:
             return None
         rank = src[0].dim() - 2
         pad = padding if isinstance(padding, str) else _as_tuple(padding, rank)
         return Layer(node, CONVOLUTION, src[0], _bias(gm, b), stride=_as_tuple(stride, rank), padding=pad,
-                     dilation=_as_tuple(dilation, rank), groups=1)
+                     dilation=_as_tuple(dilation, rank), groups=int(groups))
     if name == "linear":
         src = _weight_source(gm, node.args[1])
         if src is None:

@@ -93,17 +93,15 @@ class Topology:
         return ins[0]
 
     def pot_type(self, node: fx.Node) -> str | None:
-        """``Convolution`` (groups 1, not transposed) or ``MatMul`` as POT's IR types them, else None."""
+        """``Convolution`` (not transposed; any groups: POT's graph types a GroupConvolution so) or
+        ``MatMul``, as POT's graph types them, else None."""
         if node.op != "call_function":
             return None
         name = packet_name(node)
         if name in _CONVS:
             args = node.args
-            if name == "convolution":
-                transposed, groups = args[6], args[8]
-            else:
-                transposed, groups = False, args[6] if len(args) > 6 else node.kwargs.get("groups", 1)
-            return "Convolution" if not transposed and int(groups) == 1 else None
+            transposed = args[6] if name == "convolution" else False
+            return None if transposed else "Convolution"
         if name in ("linear", "matmul", "mm", "bmm", "addmm"):
             return "MatMul"
         return None
