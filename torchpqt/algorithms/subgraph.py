@@ -15,6 +15,7 @@ import torch
 from torch import fx
 from torch.fx._pytree import tree_flatten_spec
 
+from torchpqt.algorithms.layers import folded_fake_quantize
 from torchpqt.graph.ops import packet_name
 from torchpqt.quant.fake_quantize import FakeQuantize
 
@@ -60,11 +61,17 @@ class Topology:
             node = node.args[0]
         return node
 
+    @staticmethod
+    def is_shape(node: fx.Node) -> bool:
+        """A symbolic size (``sym_size``) or another scalar: POT's graph has its shape subgraphs marked and
+        left out of the walks (IgnoreShapeSubgraph; get_node_children skips known-value inputs)."""
+        return isinstance(node.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool))
+
     def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
-        """Input nodes in port order, activation FakeQuantize looked through."""
+        """Input nodes in port order, activation FakeQuantize looked through, shape values left out."""
         out: list[fx.Node] = []
         fx.node.map_arg((node.args, node.kwargs), out.append)
-        return [self._through(a) for a in out]
+        return [self._through(a) for a in out if not self.is_shape(a)]
 
     def parents(self, node: fx.Node) -> list[fx.Node]:
         """POT get_node_parents: inputs that are not constants (weight FakeQuantize included)."""
@@ -79,7 +86,7 @@ class Topology:
         out: list[fx.Node] = []
         for user in node.users:
             for c in (self.children(user) if self.is_act_fq(user) else [user]):
-                if c.op != "output" and c not in out:
+                if c.op != "output" and not self.is_shape(c) and c not in out:
                     out.append(c)
         return out
 
@@ -127,7 +134,8 @@ def placeholder_values(gm: fx.GraphModule, args: tuple, kwargs: dict) -> dict[fx
 
 
 class Evaluator(fx.Interpreter):
-    """Runs parts of a converted graph with the activation FakeQuantize removed.
+    """Runs parts of a converted graph with the activation FakeQuantize removed and each weight
+    FakeQuantize computed as OpenVINO folds it (:func:`~torchpqt.algorithms.layers.folded_fake_quantize`).
 
     ``fp32=True`` also replaces each weight FakeQuantize by the FP32 weight it stands for (stored weight
     times its output/input range ratio): the graph then computes the FP32 model it was converted from.
@@ -143,9 +151,11 @@ class Evaluator(fx.Interpreter):
         node = self._nodes.get(target)
         if node is not None and self.topo.is_act_fq(node):
             return args[0]
-        if node is not None and self.fp32:
+        if node is not None:
             fq = self.topo.gm.get_submodule(target)
-            return args[0] * ((fq.output_high - fq.output_low) / (fq.input_high - fq.input_low))
+            if self.fp32:
+                return args[0] * ((fq.output_high - fq.output_low) / (fq.input_high - fq.input_low))
+            return folded_fake_quantize(fq, args[0])  # POT's subgraphs ran with folded weights
         return super().call_module(target, args, kwargs)
 
     def needed(self, targets: Iterable[fx.Node], stops: Iterable[fx.Node]) -> list[fx.Node]:
