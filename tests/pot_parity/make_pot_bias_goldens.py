@@ -43,12 +43,21 @@ TESTS = HERE.parent
 REPO = TESTS.parent
 sys.path[:0] = [str(TESTS), str(HERE)]
 
-import models  # noqa: E402
-from make_pot_goldens import (  # noqa: E402
-    BASE, N_SAMPLES, OPSET, OPSET_OF, _as_tuple, export_onnx, fq_edges, input_names, onnx_nodes, ov_keys,
+import models
+from make_pot_goldens import (
+    BASE,
+    N_SAMPLES,
+    OPSET,
+    OPSET_OF,
+    _as_tuple,
+    export_onnx,
+    fq_edges,
+    input_names,
+    onnx_nodes,
+    ov_keys,
     read_ir,
 )
-from pot_keys import leaf_modules  # noqa: E402
+from pot_keys import leaf_modules
 
 MODELS = ("tiny_cnn", "mobilenet_block", "align_chain", "padded_convs", "zero_bias", "small_transformer",
           "feature_transformer")

@@ -6,8 +6,8 @@ POT: algorithms/quantization/channel_alignment/algorithm.py. A pair ``(producer,
 * the consumer is a Convolution with groups 1, all pads 0, strides 1 and dilations 1 (POT does not ask for a
   1x1 kernel: any kernel without padding qualifies, see check_conv_node), with a constant weight;
 * its input comes straight from a Convolution (grouped and depthwise too: POT's graph types them
-  Convolution) or a MatMul with a constant weight (its bias, if
-  any, is part of the producer here: the captured graph fuses it into the op), and
+  Convolution) with a constant weight (its bias, if any, is part of the producer here: the captured graph
+  fuses it into the op), and
 * that tensor has exactly one consumer.
 
 Statistics (pass 1, on the FP32 model): per sample, the per-channel 1e-4 and 1-1e-4 quantiles of the
@@ -21,6 +21,10 @@ producer's output (after its bias), aggregated with the median over samples (:da
   (1 where ``scale <= 0``), ``W_in /= sf`` along its output channels, ``b_in /= sf``, ``W_out *= sf``
   along its input channels (axis 1). POT skips this step when ``W_in``'s output-channel count differs from
   the statistic's channel count.
+
+POT also accepts a MatMul producer. Its statistics are on axis 1 (the conv's channels) while a MatMul's
+channels are its last axis, so POT then crashes on the bias shapes or changes the FP32 function; torchpqt
+leaves such pairs alone (a deliberate difference).
 
 The consumer is flagged ``need_rescale``: the driver adds it to the saturation fix (spec §4.6). Pairs are
 aligned in the order of the consumer's name (POT sorts by IR node name); results do not depend on it.
@@ -88,7 +92,7 @@ def find_pairs(gm: fx.GraphModule) -> list[AlignmentPair]:
         if not isinstance(src, fx.Node):
             continue
         producer = layer_of(gm, src)
-        if producer is None:
+        if producer is None or producer.type != CONVOLUTION:
             continue
         if len(src.users) != 1 or sum(a is src for a in _flat(node)) != 1:
             logger.debug("channel alignment: %s has a producer that feeds many nodes", node.name)
