@@ -24,7 +24,7 @@ def _conv(bias, kernel=3, padding=0, c_in=3, c_out=4, groups=1):
     if bias is not None:
         with torch.no_grad():
             conv.bias.copy_(torch.tensor(bias, dtype=torch.float32))
-    gm, (layer,) = captured(nn.Sequential(conv).eval(), torch.randn(1, c_in, 6, 6))
+    _, (layer,) = captured(nn.Sequential(conv).eval(), torch.randn(1, c_in, 6, 6))
     return conv, layer
 
 
