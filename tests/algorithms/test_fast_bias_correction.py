@@ -70,11 +70,23 @@ def test_correct_zero_bias_tests_the_nonzero_elements_only():
     q = _grid(w)
     m_in = np.array([0.3, -1.2, 2.0])
     m_out = (b + torch.einsum("oikl,i->o", w.double(), torch.tensor(m_in))).numpy()
-    u = fbc.fast_bias_correction(layer, q, m_in, m_out, (1, 3, 6, 6), correct_zero_bias=True)
+    u = fbc.fast_bias_correction(layer, q, m_in, m_out, (1, 3, 6, 6), correct_zero_bias=True, weight=w)
     shift = torch.einsum("oikl,i->o", (w - q).double(), torch.tensor(m_in)).numpy()
     nonzero = np.array([0, 2, 3])
     assert u.applied
     assert u.magnitude == pytest.approx(np.abs(shift[nonzero] / b.numpy()[nonzero]).max(), rel=1e-5)
+    np.testing.assert_allclose(u.new_bias.numpy(), b.numpy() + shift, rtol=1e-6, atol=1e-7)
+
+
+def test_correct_zero_bias_uses_the_weight_error_alone():
+    # m_out that disagrees with the constant-input model (spatial noise): ignored where the bias is zero
+    conv, layer = _conv([1.0, 0.0, 0.5, 3.0])
+    w, b = conv.weight.detach(), conv.bias.detach()
+    q = _grid(w)
+    m_in = np.array([0.3, -1.2, 2.0])
+    noisy = (b + torch.einsum("oikl,i->o", w.double(), torch.tensor(m_in))).numpy() + 0.7
+    u = fbc.fast_bias_correction(layer, q, m_in, noisy, (1, 3, 6, 6), correct_zero_bias=True, weight=w)
+    shift = torch.einsum("oikl,i->o", (w - q).double(), torch.tensor(m_in)).numpy()
     np.testing.assert_allclose(u.new_bias.numpy(), b.numpy() + shift, rtol=1e-6, atol=1e-7)
 
 
@@ -86,7 +98,7 @@ def test_bias_less_conv_is_skipped_unless_correct_zero_bias():
     m_out = torch.einsum("oikl,i->o", w.double(), torch.tensor(m_in)).numpy()
     skipped = fbc.fast_bias_correction(layer, q, m_in, m_out, (1, 3, 6, 6))
     assert not skipped.applied and skipped.reason == "zero bias" and skipped.new_bias is None
-    fixed = fbc.fast_bias_correction(layer, q, m_in, m_out, (1, 3, 6, 6), correct_zero_bias=True)
+    fixed = fbc.fast_bias_correction(layer, q, m_in, m_out, (1, 3, 6, 6), correct_zero_bias=True, weight=w)
     assert fixed.applied
     np.testing.assert_allclose(fixed.new_bias.numpy(),
                                torch.einsum("oikl,i->o", (w - q).double(), torch.tensor(m_in)).numpy(), atol=1e-7)

@@ -29,6 +29,13 @@ leaves such pairs alone (a deliberate difference).
 The consumer is flagged ``need_rescale``: the driver adds it to the saturation fix (spec §4.6). Pairs are
 aligned in the order of the consumer's name (POT sorts by IR node name); results do not depend on it.
 Each step rounds to float32, as POT stores each intermediate constant.
+
+Driver interface (pass 1, on the FP32 captured graph, before FakeQuantize placement)::
+
+    pairs = find_pairs(gm)
+    # collect RANGE_MIN and RANGE_MAX (channel axis 1) at each pair.producer.node over the subset
+    rescale = apply(gm, pairs, {p.producer.name: (amin, amax) for p in pairs})
+    # pass 2 runs on the aligned gm; the saturation fix also covers the convs named in `rescale`
 """
 
 from __future__ import annotations

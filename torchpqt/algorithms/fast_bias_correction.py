@@ -18,13 +18,28 @@ are kept by default and can be switched off (config extension keys, added when t
 
 * ``correct_zero_bias`` (default False): POT never corrects a layer whose bias has an exactly-zero
   element, nor a bias-less one (for a Convolution POT inserted a zero bias itself, spec §7.1). With True,
-  the threshold is tested on the nonzero elements only (none: accepted) and a missing bias counts as
-  zeros, so the layer gets a bias.
+  such a layer is corrected with the weight error alone, ``b_new = b + mean(op(W, c)) - mean(op(Q(W), c))``
+  on the constant input ``c`` (a zero bias element gives the relative test nothing to bound, so the
+  data-dependent ``m_out - q`` is not trusted there: on a 3x3 conv without padding its spatial noise cost
+  4 dB of output SQNR in a measurement), the threshold is tested on the nonzero elements only (none:
+  accepted), and a missing bias counts as zeros, so the layer gets a bias.
 * ``padding_fix`` (default False): in a padded conv the constant input's zero border distorts ``q`` and
   the real input's border distorts ``m_out`` differently, so ``m_out - q`` carries spatial noise that
   fails the threshold (spec §10.1, the first conv of §13.3). With True, a padded conv gets
   ``b_new = b + mean(conv(W, c)) - mean(conv(Q(W), c))`` on the same constant input ``c``, in which the
   border effect cancels; unpadded layers keep POT's formula.
+
+Driver interface (pass 2, on the aligned FP32 model, with the min-max statistics)::
+
+    for layer in candidates(qm, cfg.apply_for_all_nodes):          # qm: the converted model
+        # collected at Topology(qm).input0(layer.node) (the tensor before its activation FakeQuantize)
+        # and at layer.node (the output after the bias), both with MEAN_PER_CHANNEL on
+        # layer.channel_axis, plus every input batch's shape
+        update = correct_layer(qm, layer, m_in, m_out, most_frequent_shape(shapes),
+                               threshold=cfg.resolved_threshold)
+        if update.applied:
+            set_layer_tensor(qm, layer, "bias", update.new_bias)   # torchpqt.algorithms.layers
+    drop_unused_constants(qm)
 """
 
 from __future__ import annotations
@@ -156,7 +171,7 @@ def fast_bias_correction(layer: Layer, weight_q: torch.Tensor, input_mean, outpu
         threshold: POT ``threshold``.
         correct_zero_bias, padding_fix: the two fixes of the module docstring (default: POT's behaviour).
         weight: the FP32 weight ``W`` (:func:`~torchpqt.algorithms.layers.float_weight`); needed only
-            with ``padding_fix`` on a padded conv.
+            with ``padding_fix`` on a padded conv and ``correct_zero_bias`` on a zero bias.
 
     Returns:
         A :class:`BiasUpdate`; ``new_bias`` is float32 like the bias.
@@ -173,9 +188,10 @@ def fast_bias_correction(layer: Layer, weight_q: torch.Tensor, input_mean, outpu
     x = constant_input(shape, input_mean, layer.channel_axis).double()
     q = channel_mean(run_layer(layer, x, weight_q.double()), layer.channel_axis)
     current = bias.double() if bias is not None else torch.zeros(layer.out_channels, dtype=torch.float64)
-    if padding_fix and layer.padded:
+    has_zero = bool((current == 0).any())
+    if (padding_fix and layer.padded) or (correct_zero_bias and has_zero):
         if weight is None:
-            raise ValueError(f"{layer.name}: padding_fix needs the FP32 weight")
+            raise ValueError(f"{layer.name}: padding_fix / correct_zero_bias need the FP32 weight")
         fp = channel_mean(run_layer(layer, x, weight.double()), layer.channel_axis)
         new = current + fp - q
     else:
