@@ -7,7 +7,8 @@ dimension 1). The POT parity goldens (``tests/data/pot/``) were recorded from ex
 data: changing a builder or the data means regenerating them (``tests/pot_parity/make_pot_goldens.py``).
 
 The models avoid linear conv -> 1x1 conv chains (a ReLU sits in between), so POT's
-ActivationChannelAlignment (spec §10.3) leaves the weights alone and ranges stay comparable.
+ActivationChannelAlignment (spec §10.3) leaves the weights alone and ranges stay comparable; except
+``align_chain``, made for alignment (recorded in tests/data/pot/biases/ only).
 """
 
 from __future__ import annotations
@@ -425,6 +426,81 @@ class MaskedEncoder(nn.Module):
         return self.ln2(x + self.down(F.gelu(self.up(x))))
 
 
+class AlignChain(nn.Module):
+    """A MobileNetV2-style linear bottleneck that POT's ActivationChannelAlignment (spec §10.3) aligns: the
+    projection 1x1 conv-bn (no activation) feeds only the next expand 1x1 conv-bn-relu6; and a linear 1x1
+    conv feeding a bias-less 3x3 conv without padding (a second pair: POT asks for no padding, stride 1 and
+    dilation 1, not for a 1x1 kernel; the consumer gets the zero bias POT inserts, which mean alignment fills).
+    Input [1, 3, 8, 8]."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), _random_bn(nn.BatchNorm2d(8)),
+                                  nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+                                _random_bn(nn.BatchNorm2d(8)), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(8, 6, 1, bias=False), _random_bn(nn.BatchNorm2d(6)))
+        self.expand = nn.Sequential(nn.Conv2d(6, 12, 1, bias=False), _random_bn(nn.BatchNorm2d(12)), nn.ReLU6())
+        self.mid = nn.Conv2d(12, 8, 1)
+        self.tail = nn.Conv2d(8, 4, 3, bias=False)
+        with torch.no_grad():  # channel ranges that differ by orders of magnitude, so scales get aligned
+            self.project[1].weight.mul_(torch.tensor([0.05, 0.3, 1.0, 2.0, 5.0, 0.6]))
+            self.mid.weight.mul_(torch.tensor([0.1, 3.0, 1.0, 0.5, 8.0, 1.0, 0.2, 2.0]).reshape(8, 1, 1, 1))
+            self.mid.bias.add_(torch.randn(8))
+
+    def forward(self, x):
+        x = self.project(self.dw(self.stem(x)))
+        return self.tail(self.mid(self.expand(x)))
+
+
+class PaddedConvs(nn.Module):
+    """Padded convs of several kernels on a small input, where the zero border is a large share of each
+    tensor: 3x3 pad 1, 5x5 pad 2, 3x3 pad 1 stride 2, each followed by a ReLU, then a 1x1 conv. Small biases,
+    so FastBiasCorrection's relative threshold is tight (spec §10.1). Input [1, 3, 8, 8]."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 5, padding=2)
+        self.c3, self.c4 = nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            for conv in (self.c1, self.c2, self.c3):
+                conv.bias.mul_(0.3)
+
+    def forward(self, x):
+        x = F.relu(self.c2(F.relu(self.c1(x))))
+        return self.c4(F.relu(self.c3(x)))
+
+
+class FeatureTransformer(SmallTransformer):
+    """SmallTransformer's encoder block on float features [1, 8, 16] (no embedding). POT 2023.3's
+    BiasCorrection crashes when the first weighted layers read a Gather (small_transformer: "The data type
+    for out port 0 of node /embed/Gather/parameter is not defined"), so its recording uses this model."""
+
+    def forward(self, x):
+        x = self.ln1(x + self.attn(x))
+        return self.ln2(x + self.mlp(x))
+
+
+class ZeroBias(nn.Module):
+    """Layers POT's bias corrections leave alone (spec §10.1): a conv whose bias has one exactly-zero element,
+    a bias-less conv (POT inserts a zero bias), a Linear with one zero bias element and a bias-less Linear;
+    an ordinary conv and Linear as controls. Input [1, 3, 8, 8]."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a, self.conv_b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.conv_c = nn.Conv2d(6, 6, 1)
+        self.fc_a, self.fc_b, self.fc_c = nn.Linear(6, 8), nn.Linear(8, 8, bias=False), nn.Linear(8, 4)
+        with torch.no_grad():
+            self.conv_a.bias[2] = 0.0
+            self.fc_a.bias[5] = 0.0
+
+    def forward(self, x):
+        x = F.relu(self.conv_c(F.relu(self.conv_b(F.relu(self.conv_a(x))))))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc_c(F.relu(self.fc_b(F.relu(self.fc_a(x)))))
+
+
 def _probe(cls):
     def builder() -> nn.Module:
         return cls()
@@ -449,6 +525,10 @@ grouped_conv_transpose = _probe(GroupedConvTranspose)
 upsample_conv = _probe(UpsampleConv)
 concat3_pool = _probe(Concat3Pool)
 tiny_bert = _probe(TinyBert)
+align_chain = _probe(AlignChain)
+padded_convs = _probe(PaddedConvs)
+zero_bias = _probe(ZeroBias)
+feature_transformer = _probe(FeatureTransformer)
 
 
 def _bag_of_words(pool: str):
@@ -488,6 +568,10 @@ MODELS = {
     "bow_bag": (bow_bag, ("ids", (8,), 40)),
     "bow_mean_ln": (bow_mean_ln, ("ids", (8,), 40)),
     "bow_mean_tokens": (bow_mean_tokens, ("ids", (8,), 40)),
+    "align_chain": (align_chain, ("image", (3, 8, 8))),
+    "padded_convs": (padded_convs, ("image", (3, 8, 8))),
+    "zero_bias": (zero_bias, ("image", (3, 8, 8))),
+    "feature_transformer": (feature_transformer, ("features", (8, 16))),
 }
 
 

@@ -1,0 +1,193 @@
+"""ActivationChannelAlignment (spec §10.3): equalize the per-channel ranges of a tensor that runs linearly
+from one conv into the next, without changing the FP32 function.
+
+POT: algorithms/quantization/channel_alignment/algorithm.py. A pair ``(producer, consumer)`` qualifies when
+
+* the consumer is a Convolution with groups 1, all pads 0, strides 1 and dilations 1 (POT does not ask for a
+  1x1 kernel: any kernel without padding qualifies, see check_conv_node), with a constant weight;
+* its input comes straight from a Convolution (grouped and depthwise too: POT's graph types them
+  Convolution) with a constant weight (its bias, if any, is part of the producer here: the captured graph
+  fuses it into the op), and
+* that tensor has exactly one consumer.
+
+Statistics (pass 1, on the FP32 model): per sample, the per-channel 1e-4 and 1-1e-4 quantiles of the
+producer's output (after its bias), aggregated with the median over samples (:data:`RANGE_MIN`,
+:data:`RANGE_MAX`). With ``scale = amax - amin`` and ``mean = (amin + amax) / 2``:
+
+* mean alignment, only where both biases exist (a Convolution always has one for POT, which inserts zero
+  biases, spec §7.1; a MatMul producer may not): ``b_in -= mean``,
+  ``b_out += (sum over the kernel of W_out) @ mean``;
+* scale alignment, if some ``scale > 0``: ``sf = clip(scale / median(scale[scale > 0]), 0.01, 100)``
+  (1 where ``scale <= 0``), ``W_in /= sf`` along its output channels, ``b_in /= sf``, ``W_out *= sf``
+  along its input channels (axis 1). POT skips this step when ``W_in``'s output-channel count differs from
+  the statistic's channel count.
+
+POT also accepts a MatMul producer. Its statistics are on axis 1 (the conv's channels) while a MatMul's
+channels are its last axis, so POT then crashes on the bias shapes or changes the FP32 function; torchpqt
+leaves such pairs alone (a deliberate difference).
+
+The consumer is flagged ``need_rescale``: the driver adds it to the saturation fix (spec §4.6). Pairs are
+aligned in the order of the consumer's name (POT sorts by IR node name); results do not depend on it.
+Each step rounds to float32, as POT stores each intermediate constant.
+
+Driver interface (pass 1, on the FP32 captured graph, before FakeQuantize placement)::
+
+    pairs = find_pairs(gm)
+    # collect RANGE_MIN and RANGE_MAX (channel axis 1) at each pair.producer.node over the subset
+    rescale = apply(gm, pairs, {p.producer.name: (amin, amax) for p in pairs})
+    # pass 2 runs on the aligned gm; the saturation fix also covers the convs named in `rescale`
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import fx
+
+from torchpqt.algorithms.layers import CONVOLUTION, Layer, drop_unused_constants, layer_of, set_layer_tensor
+from torchpqt.statistics.estimators import StatSpec
+
+__all__ = ["RANGE_MAX", "RANGE_MIN", "Alignment", "AlignmentPair", "align", "align_pair", "apply", "find_pairs"]
+
+logger = logging.getLogger("torchpqt")
+
+# POT: TensorStatistic(asf.quantile_per_channel, q=1e-4 / 1-1e-4), aggregated with agf.median.
+RANGE_MIN = StatSpec(side="min", type="quantile", aggregator="median", granularity="perchannel",
+                     outlier_prob=1e-4)
+RANGE_MAX = StatSpec(side="max", type="quantile", aggregator="median", granularity="perchannel",
+                     outlier_prob=1e-4)
+
+
+@dataclass(frozen=True)
+class AlignmentPair:
+    """A producer whose output feeds only the consumer conv. Statistics go on ``producer.node``'s output
+    (channel axis 1)."""
+
+    producer: Layer
+    consumer: Layer
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """New tensors for one pair (float32); a bias of None stays as it was (absent)."""
+
+    w_in: torch.Tensor
+    b_in: torch.Tensor | None
+    w_out: torch.Tensor
+    b_out: torch.Tensor | None
+    mean_aligned: bool
+    scale_aligned: bool
+
+
+def _flat(node: fx.Node) -> list:
+    out = []
+    fx.node.map_arg((node.args, node.kwargs), out.append)
+    return out
+
+
+def find_pairs(gm: fx.GraphModule) -> list[AlignmentPair]:
+    """The qualifying (producer, consumer) pairs of an FP32 captured graph, sorted by consumer name."""
+    pairs = []
+    for node in gm.graph.nodes:
+        consumer = layer_of(gm, node)
+        if consumer is None or consumer.type != CONVOLUTION or not consumer.pointwise_input:
+            continue
+        src = node.args[0]
+        if not isinstance(src, fx.Node):
+            continue
+        producer = layer_of(gm, src)
+        if producer is None or producer.type != CONVOLUTION:
+            continue
+        if len(src.users) != 1 or sum(a is src for a in _flat(node)) != 1:
+            logger.debug("channel alignment: %s has a producer that feeds many nodes", node.name)
+            continue
+        pairs.append(AlignmentPair(producer, consumer))
+    return sorted(pairs, key=lambda p: p.consumer.name)
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
+
+
+def align_pair(w_in: torch.Tensor, b_in: torch.Tensor | None, w_out: torch.Tensor, b_out: torch.Tensor | None,
+               amin, amax, *, w_in_axis: int = 0) -> Alignment:
+    """POT align_ranges for one pair: mean, then scale alignment.
+
+    Args:
+        w_in: producer weight (output channels on ``w_in_axis``); b_in: its bias ``[C]`` or None.
+        w_out: consumer conv weight ``[Cout, C, *k]``; b_out: its bias ``[Cout]`` or None.
+        amin, amax: the aggregated per-channel ranges ``[C]`` of the producer's output.
+    """
+    amin = np.asarray(amin, dtype=np.float64).reshape(-1)
+    amax = np.asarray(amax, dtype=np.float64).reshape(-1)
+    ascale, amean = amax - amin, (amin + amax) * 0.5
+    wi = w_in.detach().cpu().numpy().astype(np.float32)
+    wo = w_out.detach().cpu().numpy().astype(np.float32)
+    bi = None if b_in is None else b_in.detach().cpu().numpy().astype(np.float32).reshape(-1)
+    bo = None if b_out is None else b_out.detach().cpu().numpy().astype(np.float32).reshape(-1)
+    mean_aligned = bi is not None and bo is not None
+    if mean_aligned:
+        # POT align_means: shift the producer's channels to zero mean, the consumer's bias takes it back
+        bi = _f32(bi - amean)
+        summed = wo.sum(axis=tuple(range(2, wo.ndim))) if wo.ndim > 2 else wo
+        bo = _f32(bo + summed.astype(np.float64) @ amean)
+    scale_aligned = bool(np.any(ascale > 0)) and wi.shape[w_in_axis] == ascale.shape[0]
+    if scale_aligned:
+        # POT align_scales
+        sf = ascale / np.median(ascale[ascale > 0])
+        sf[ascale <= 0] = 1
+        sf = np.clip(sf, 1e-2, 1e2)
+        view = [1] * wi.ndim
+        view[w_in_axis] = -1
+        wi = _f32(wi / sf.reshape(view))
+        if bi is not None:
+            bi = _f32(bi / sf)
+        view = [1] * wo.ndim
+        view[1] = -1
+        wo = _f32(wo * sf.reshape(view))
+    as_t = (lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)))
+    return Alignment(as_t(wi), as_t(bi), as_t(wo), as_t(bo), mean_aligned, scale_aligned)
+
+
+def align(pair: AlignmentPair, amin, amax) -> Alignment:
+    """:func:`align_pair` on a pair's current tensors. A Convolution without bias counts as a zero bias
+    (POT inserted one); a MatMul producer without bias has none, so means are not aligned."""
+    p, c = pair.producer, pair.consumer
+    b_in = p.bias
+    if b_in is None and p.type == CONVOLUTION:
+        b_in = torch.zeros(p.out_channels)
+    b_out = c.bias if c.bias is not None else torch.zeros(c.out_channels)
+    return align_pair(p.weight, b_in, c.weight, b_out, amin, amax, w_in_axis=p.out_axis % p.weight.dim())
+
+
+def apply(gm: fx.GraphModule, pairs: list[AlignmentPair], ranges: dict[str, tuple]) -> set[str]:
+    """Align every pair of ``gm`` in place (new constants; the old ones are left untouched).
+
+    Args:
+        gm: the FP32 captured graph ``pairs`` were found in (before any FakeQuantize).
+        pairs: :func:`find_pairs` (their tensors are re-read, so chained pairs compose).
+        ranges: producer node name -> ``(amin, amax)``, the :data:`RANGE_MIN` / :data:`RANGE_MAX` results.
+
+    Returns:
+        The consumer node names, for the saturation fix (POT ``need_rescale``).
+    """
+    rescale = set()
+    for pair in pairs:
+        producer = layer_of(gm, pair.producer.node)
+        consumer = layer_of(gm, pair.consumer.node)
+        amin, amax = ranges[producer.name]
+        new = align(AlignmentPair(producer, consumer), amin, amax)
+        set_layer_tensor(gm, producer, "weight", new.w_in.to(producer.weight.dtype))
+        if new.b_in is not None:
+            set_layer_tensor(gm, producer, "bias", new.b_in)
+        set_layer_tensor(gm, consumer, "weight", new.w_out.to(consumer.weight.dtype))
+        if new.b_out is not None:
+            set_layer_tensor(gm, consumer, "bias", new.b_out)
+        rescale.add(consumer.name)
+        logger.debug("channel alignment: %s -> %s (means %s, scales %s)", producer.name, consumer.name,
+                     new.mean_aligned, new.scale_aligned)
+    drop_unused_constants(gm)
+    return rescale
