@@ -75,9 +75,6 @@ class Schedule:
             needs.extend(f"{name} (runs the calibration data again)" for name in stage.needs_data)
         return needs
 
-    def algorithms(self) -> tuple[str, ...]:
-        return tuple(name for stage in self.stages for name in stage.algorithms)
-
     def __str__(self) -> str:
         rows = []
         for i, stage in enumerate(self.stages):
