@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 
 import torchpqt.quant.fake_quantize  # noqa: F401 -- registers torch.ops.torchpqt.fake_quantize
 from torchpqt.errors import ExportError
-from torchpqt.graph.capture import split_inputs
+from torchpqt.inputs import split_inputs
 
 __all__ = ["OV_DOMAIN", "export", "export_proto"]
 
@@ -99,10 +99,7 @@ def eval_mode(model: torch.nn.Module):
 
 
 def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, (torch.Tensor, dict, tuple, list)):
-        return split_inputs(example_inputs)
-    raise ExportError("torchpqt.exporters: example_inputs must be a tensor, a tuple/list of inputs or a "
-                      f"dict of keyword inputs, got {type(example_inputs).__name__}")
+    return split_inputs(example_inputs, error=ExportError, where="torchpqt.exporters: example_inputs")
 
 
 def _batch_dims(value: Any) -> Any:

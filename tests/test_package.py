@@ -2,6 +2,9 @@
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import torchpqt
 
@@ -24,3 +27,18 @@ def test_public_api():
     for name in ("prepare", "convert", "quantize", "plan", "FakeQuantize", "DefaultQuantizationConfig",
                  "CalibrationError", "ConfigError", "CaptureError", "ScopeError", "ExportError", "TorchPQTError"):
         assert name in torchpqt.__all__ and hasattr(torchpqt, name), name
+
+
+def test_public_api_of_the_pipeline():
+    for name in ("collect_statistics", "StatisticsStore", "ModelInputs"):
+        assert name in torchpqt.__all__ and hasattr(torchpqt, name), name
+
+
+def test_gitignore_matches_no_tracked_file():
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=root, input=files,
+                             capture_output=True, text=True, check=False).stdout
+    assert ignored.split() == []

@@ -4,7 +4,7 @@
 :class:`FakeQuantize` modules of OpenVINO's semantics, exportable with ``torchpqt.exporters``.
 """
 
-from torchpqt.api import QuantizationPlan, convert, plan, prepare, quantize
+from torchpqt.api import QuantizationPlan, collect_statistics, convert, plan, prepare, quantize
 from torchpqt.config import DefaultQuantizationConfig, load_config
 from torchpqt.errors import (
     CalibrationError,
@@ -14,7 +14,9 @@ from torchpqt.errors import (
     ScopeError,
     TorchPQTError,
 )
+from torchpqt.inputs import ModelInputs
 from torchpqt.quant.fake_quantize import FakeQuantize
+from torchpqt.statistics.store import StatisticsStore
 
 __version__ = "0.1.0"
 
@@ -25,10 +27,13 @@ __all__ = [
     "DefaultQuantizationConfig",
     "ExportError",
     "FakeQuantize",
+    "ModelInputs",
     "QuantizationPlan",
     "ScopeError",
+    "StatisticsStore",
     "TorchPQTError",
     "__version__",
+    "collect_statistics",
     "convert",
     "load_config",
     "plan",

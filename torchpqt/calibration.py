@@ -1,21 +1,23 @@
 """Calibration data: sample selection (stat_subset_size, shuffle_data, seed), batching
-(stat_batch_size) and the calibration loop (spec §1.2, §2 Sampler)."""
+(stat_batch_size), the data of one run read once per pass, and the calibration loop (spec §1.2, §2
+Sampler)."""
 
 from __future__ import annotations
 
 import logging
 import random
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from torchpqt.errors import CalibrationError, ConfigError, TorchPQTError
-from torchpqt.graph.capture import split_inputs
 from torchpqt.graph.inputs import describe_inputs, named_inputs
+from torchpqt.inputs import split_inputs
 
 logger = logging.getLogger("torchpqt")
 
@@ -135,6 +137,56 @@ def calibration_batches(data: Iterable, config, transform_fn: Callable | None = 
         yield Batch.of(_concat(pending, origin), origin)
 
 
+def expected_samples(data: Iterable, config, transform_fn: Callable | None = None) -> int | None:
+    """How many samples calibration will see (the progress bar's total), or None when unknown.
+
+    A DataLoader counts its dataset's samples, a list or tuple its items times the first item's samples,
+    any other sized iterable one sample per item; ``stat_subset_size`` caps the count.
+    """
+    n = None
+    dataset = getattr(data, "dataset", None)
+    if isinstance(data, DataLoader) and data.batch_size is not None and hasattr(dataset, "__len__"):
+        n = len(dataset)
+    elif isinstance(data, Sequence) and not isinstance(data, (str, bytes)) and len(data):
+        first = data[0]
+        n = len(data) * _num_samples(split_inputs(transform_fn(first) if transform_fn is not None else first))
+    elif hasattr(data, "__len__"):
+        n = len(data)
+    limit = config.stat_subset_size
+    return limit if n is None else n if limit is None else min(n, limit)
+
+
+class CalibrationData:
+    """The calibration data of one run: :meth:`batches` reads it again for each pass (POT's sampler every
+    time: the same samples in the same order).
+
+    Args:
+        data: what the user passed (a DataLoader, a Dataset, a list, ...).
+        config: the run's config (``stat_subset_size``, ``stat_batch_size``, ``shuffle_data``, ``seed``).
+        transform_fn: maps an item to model inputs.
+    """
+
+    def __init__(self, data: Iterable, config, transform_fn: Callable | None = None) -> None:
+        self.data, self.config, self.transform_fn = data, config, transform_fn
+        self._reads = 0
+
+    def batches(self) -> Iterator[Inputs]:
+        """The inference batches of one pass (see :func:`calibration_batches`).
+
+        Raises:
+            TorchPQTError: the data is an iterator (a generator, ``iter(loader)``), read once already.
+        """
+        if self._reads and isinstance(self.data, Iterator):
+            raise TorchPQTError("this config reads the calibration data more than once, but calibration_data is an "
+                                "iterator that was read already; pass a list, a Dataset or a DataLoader instead")
+        self._reads += 1
+        return calibration_batches(self.data, self.config, self.transform_fn)
+
+    def total(self) -> int | None:
+        """The samples one pass sees, for the progress bar (see :func:`expected_samples`)."""
+        return expected_samples(self.data, self.config, self.transform_fn)
+
+
 def _to_device(call: Inputs, device: torch.device) -> Inputs:
     return pytree.tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, call)
 
@@ -148,16 +200,18 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def calibrate(prepared: torch.nn.Module, batches: Iterable[Inputs], *, total: int | None = None,
-              progress: bool | None = None) -> int:
+              progress: bool | None = None, desc: str = "calibration") -> int:
     """Run ``batches`` through the prepared model under no_grad; returns the number of samples seen.
 
     Args:
+        total: the samples expected (the bar's total).
         progress: show a tqdm bar; None shows it only when stderr is a terminal.
+        desc: the bar's label.
     """
     device = model_device(prepared)
     disable = (not sys.stderr.isatty()) if progress is None else not progress
     seen = 0
-    with torch.no_grad(), tqdm(total=total, desc="calibration", unit="sample", disable=disable) as bar:
+    with torch.no_grad(), tqdm(total=total, desc=desc, unit="sample", disable=disable) as bar:
         for batch in batches:
             args, kwargs = _to_device(tuple(batch), device)
             n = _num_samples((args, kwargs))
@@ -209,10 +263,11 @@ def check_statistics_finite(prepared: torch.nn.Module, points) -> None:
     """Before any range is computed: every activation point's statistics are finite, else name the point
     that went bad first (earliest batch, then graph order) and how many others did."""
     bad = []
+    observers = dict(prepared.named_modules())
     for order, p in enumerate(points):
-        if p.group == "weights":
+        if p.group == "weights" or p.module_name not in observers:  # not observed in this pass
             continue
-        batch = prepared.get_submodule(p.module_name).stats.first_nonfinite_batch()
+        batch = observers[p.module_name].stats.first_nonfinite_batch()
         if batch is not None:
             bad.append((batch, order, p))
     if not bad:

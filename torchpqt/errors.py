@@ -1,6 +1,7 @@
 """Typed errors. Every error torchpqt raises on purpose derives from :class:`TorchPQTError`."""
 
-__all__ = ["CalibrationError", "CaptureError", "ConfigError", "ExportError", "ScopeError", "TorchPQTError"]
+__all__ = ["CalibrationError", "CaptureError", "CliError", "ConfigError", "ExportError", "ScopeError",
+           "TorchPQTError"]
 
 
 class TorchPQTError(Exception):
@@ -13,6 +14,10 @@ class ConfigError(TorchPQTError, ValueError):
 
 class CaptureError(TorchPQTError):
     """The model could not be captured into a graph; the message names the module and the fix."""
+
+
+class CliError(ConfigError):
+    """A bad command line or CLI config file; the message names the problem and the fix."""
 
 
 class ScopeError(ConfigError):

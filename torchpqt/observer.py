@@ -1,10 +1,20 @@
-"""The observer a prepared model carries at each activation FakeQuantize point."""
+"""Observers: what a calibration pass watches, how it is put into the graph, and how its statistics are read
+out into a :class:`~torchpqt.statistics.StatisticsStore`."""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import torch
+from torch import fx
+
+from torchpqt.graph.view import Edge
 from torchpqt.statistics.collector import TensorStatistics
+from torchpqt.statistics.estimators import StatSpec
+from torchpqt.statistics.store import StatisticsStore
+
+__all__ = ["Observer", "StatisticRequest", "collect", "instrument", "remove_probes"]
 
 
 class Observer(torch.nn.Module):
@@ -31,3 +41,87 @@ class Observer(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.point_name!r}, batches={self.stats.num_batches}"
+
+
+@dataclass(frozen=True)
+class StatisticRequest:
+    """One tensor an algorithm wants observed in a calibration pass. Plain data (graph nodes by name), so a
+    prepared model's schedule copies and pickles without its graph.
+
+    Attributes:
+        point: the store's point name; unique across the algorithms of a pipeline.
+        tensor: the fx node whose output is observed.
+        specs: the statistics to collect there.
+        module_name: the observer's submodule name, unique in the model.
+        consumers: ``(consumer node, arg, sub, port)`` edges routed through the observer: an inline observer
+            the algorithm later replaces (MinMaxQuantization puts its activation FakeQuantize there). Empty:
+            a probe that nothing reads, removed once the pass is collected.
+        channel_axis: the channel axis of per-channel statistics.
+        inplace: POT's ``inplace_statistics`` for these statistics.
+    """
+
+    point: str
+    tensor: str
+    specs: tuple[StatSpec, ...]
+    module_name: str
+    consumers: tuple[tuple[str, int, int | None, int], ...] = ()
+    channel_axis: int = 1
+    inplace: bool = False
+
+
+def _nodes(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    return {n.name: n for n in gm.graph.nodes}
+
+
+def insert_inline(gm: fx.GraphModule, module_name: str, tensor: fx.Node, edges: Sequence[Edge],
+                  order: dict[fx.Node, int]) -> fx.Node:
+    """Insert ``gm.<module_name>(tensor)`` before the first of ``edges``' consumers and route those edges
+    through it."""
+    first = min((e.consumer for e in edges), key=order.__getitem__)
+    with gm.graph.inserting_before(first):
+        node = gm.graph.call_module(module_name, (tensor,))
+    for e in edges:
+        e.rewire(node)
+    return node
+
+
+def edges_of(nodes: dict[str, fx.Node], tensor: str,
+             consumers: Sequence[tuple[str, int, int | None, int]]) -> list[Edge]:
+    return [Edge(nodes[tensor], nodes[c], arg, sub, port) for c, arg, sub, port in consumers]
+
+
+def instrument(gm: fx.GraphModule, requests: Sequence[StatisticRequest]) -> None:
+    """Add an :class:`Observer` for every request (the caller lints and recompiles)."""
+    nodes = _nodes(gm)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for r in requests:
+        gm.add_submodule(r.module_name, Observer(r.point, TensorStatistics(r.specs, channel_axis=r.channel_axis,
+                                                                           inplace=r.inplace)))
+        tensor = nodes[r.tensor]
+        if r.consumers:
+            insert_inline(gm, r.module_name, tensor, edges_of(nodes, r.tensor, r.consumers), order)
+        else:
+            with gm.graph.inserting_after(tensor):
+                gm.graph.call_module(r.module_name, (tensor,))
+
+
+def remove_probes(gm: fx.GraphModule, requests: Sequence[StatisticRequest]) -> None:
+    """Remove the probes among ``requests`` (statistics only: not part of the converted model)."""
+    for r in requests:
+        if r.consumers:
+            continue
+        for node in [n for n in gm.graph.nodes if n.op == "call_module" and n.target == r.module_name]:
+            gm.graph.erase_node(node)
+        delattr(gm, r.module_name)
+
+
+def collect(gm: fx.GraphModule, requests: Sequence[StatisticRequest]) -> StatisticsStore:
+    """The statistics the observers of ``requests`` collected; an observer no batch reached has none."""
+    entries = {}
+    for r in requests:
+        obs = gm.get_submodule(r.module_name)
+        if obs.stats.num_batches == 0:
+            continue
+        for key, state in obs.stats.states().items():
+            entries[(r.point, key)] = {**state, "rank": obs.ndim}
+    return StatisticsStore(entries)

@@ -13,7 +13,7 @@ import torch
 from cli_helpers import TINY_MODELS, Result
 
 from torchpqt.cli import main
-from torchpqt.cli_model import load_callable
+from torchpqt.cli.model import load_callable
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from torchpqt.cli_config import EngineSection, InputSpec
-from torchpqt.cli_data import open_data_source
-from torchpqt.cli_data_image import _crop, _resize, guess_layout, load_image
-from torchpqt.cli_jsonc import CliError
+from torchpqt.cli.config import EngineSection, InputSpec
+from torchpqt.cli.data import open_data_source
+from torchpqt.cli.images import _crop, _resize, guess_layout, load_image
+from torchpqt.errors import CliError
 
 SHAPE = (1, 3, 4, 4)
 

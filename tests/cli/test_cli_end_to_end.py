@@ -11,7 +11,7 @@ import pytest
 import torch
 from cli_helpers import EXAMPLES, base_config, run_subprocess
 
-from torchpqt.cli_model import load_callable
+from torchpqt.cli.model import load_callable
 
 ov = pytest.importorskip("openvino")
 pytestmark = pytest.mark.openvino

@@ -9,9 +9,9 @@ import torch
 from cli_helpers import EXAMPLES
 
 from torchpqt.cli import QUICK_TEMPLATE
-from torchpqt.cli_config import parse_config
-from torchpqt.cli_jsonc import read_jsonc
-from torchpqt.cli_model import load_callable
+from torchpqt.cli.config import parse_config
+from torchpqt.cli.jsonc import read_jsonc
+from torchpqt.cli.model import load_callable
 from torchpqt.config import (
     DefaultQuantizationConfig,
     IgnoredConfig,

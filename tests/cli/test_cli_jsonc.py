@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torchpqt.cli_jsonc import CliError, loads_jsonc, strip_comments
+from torchpqt.cli.jsonc import loads_jsonc, strip_comments
+from torchpqt.errors import CliError
 
 
 def test_line_and_block_comments():

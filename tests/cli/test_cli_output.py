@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from torchpqt.cli_output import fake_quantize_ranges, make_layout, save_torch_model, write_report
+from torchpqt.cli.output import fake_quantize_ranges, make_layout, save_torch_model, write_report
 from torchpqt.quant.fake_quantize import FakeQuantize
 
 

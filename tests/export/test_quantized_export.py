@@ -1,9 +1,7 @@
 """torchpqt.quantize() output → OpenVINO IR: the CNN and the small transformer of the capture tests export,
 run within one quantization step of the torch fake-quant model, and the CNN's convolutions run int8."""
 
-import sys
-from pathlib import Path
-
+import models
 import numpy as np
 import pytest
 import torch
@@ -11,9 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchpqt
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import models
 
 ov = pytest.importorskip("openvino")
 from torchpqt.exporters import openvino as ov_export

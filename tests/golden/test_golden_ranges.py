@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fq_math import scale_zero_point
 
-from torchpqt.quant.params import fake_quantize_params, scale_zero_point
+from torchpqt.quant.params import fake_quantize_params
 from torchpqt.quant.spec import QuantSpec
 from torchpqt.statistics import TensorStatistics, make_aggregator, range_estimator, reduce, weight_stat
 

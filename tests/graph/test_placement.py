@@ -1,8 +1,6 @@
 """Where FakeQuantize goes (spec §7, §8, §9), checked on small torch models built here."""
 
-import sys
-from pathlib import Path
-
+import models
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,9 +8,6 @@ from torch import nn
 
 import torchpqt
 from torchpqt.errors import ScopeError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import models
 
 
 def _points(model, x, **params):

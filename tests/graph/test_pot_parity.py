@@ -23,23 +23,20 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 import torch
-
-TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS), str(TESTS / "pot_parity")]
-
-import models
 from pot_keys import assign_keys, leaf_modules, norm_type
 
 import torchpqt
 from torchpqt.graph.ops import IDENTITY
 from torchpqt.graph.view import GraphView
+
+TESTS = Path(__file__).resolve().parents[1]
 
 GOLDEN_DIR = TESTS / "data" / "pot"
 RTOL, ATOL = 1e-5, 1e-8

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fq_math import scale_zero_point
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +14,6 @@ from torchpqt.quant.params import (
     fake_quantize_params,
     fix_zero_filters_asymmetric,
     fix_zero_filters_symmetric,
-    scale_zero_point,
     symmetric_range,
     tune_range,
     unify_params,

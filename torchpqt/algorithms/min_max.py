@@ -1,16 +1,21 @@
 """MinMaxQuantization (spec §2 step 4): pick a config per FakeQuantize, name its statistics, and turn
-statistics into FakeQuantize ranges (with the saturation fix and scale unification)."""
+statistics into FakeQuantize ranges (with the saturation fix and scale unification).
+
+As a pipeline step (:data:`ALGORITHM`): it asks for the range statistics of every activation FakeQuantize,
+observed inline where the FakeQuantize will sit, then computes every range (weights from the constants
+themselves), unifies scales and installs the FakeQuantize modules.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import fx
 
+from torchpqt.algorithms.base import Algorithm
+from torchpqt.graph.ops import CONV_TYPES
 from torchpqt.graph.placement import FQSite, Placement
-from torchpqt.graph.view import GraphView
+from torchpqt.graph.view import GraphView, const_value
 from torchpqt.hardware import (
     HardwareConfig,
     consumer_candidates,
@@ -19,66 +24,35 @@ from torchpqt.hardware import (
     select_unified,
     transformer_matmul_qconfig,
 )
+from torchpqt.observer import StatisticRequest
+from torchpqt.plan import QuantizationPlan, QuantizationPoint
+from torchpqt.quant.fake_quantize import FakeQuantize
 from torchpqt.quant.params import FQParams, fake_quantize_params, unify_params
-from torchpqt.quant.spec import QuantSpec
 from torchpqt.statistics.estimators import StatSpec, range_estimator
 from torchpqt.statistics.reducers import weight_stat
+from torchpqt.statistics.store import StatisticsStore
 
-__all__ = ["QuantizationPoint", "rescaled_ops", "resolve_points", "unify", "weight_params"]
-
-_CONV = ("Convolution", "DepthWiseConvolution", "GroupConvolution")
-
-
-@dataclass
-class QuantizationPoint:
-    """One FakeQuantize with everything decided except its numbers.
-
-    Attributes:
-        name: POT-style name, ``<consumer scope>/fq_input_<port>`` or ``.../fq_weights_<port>``.
-        site: where it sits (tensor, consumer edges).
-        spec: its grid (bits, mode, granularity, levels, signed).
-        stat_min, stat_max: the statistics its range is computed from.
-        unify_group: index of its scale-unification group, or None.
-        output_scale: 2.0 for a saturation-fixed weight (stored weights become W/2), else 1.0.
-    """
-
-    name: str
-    site: FQSite
-    spec: QuantSpec
-    stat_min: StatSpec | None
-    stat_max: StatSpec
-    unify_group: int | None = None
-    output_scale: float = 1.0
-
-    @property
-    def group(self) -> str:
-        return self.site.group
-
-    module_name: str = ""  # the FakeQuantize's submodule name, unique in the model (set by the planner)
-
-    def __post_init__(self) -> None:
-        if not self.module_name:
-            self.module_name = self.name.replace(".", "_").replace("/", "__").replace("-", "_") or "fq"
+__all__ = ["ALGORITHM", "rescaled_ops", "resolve_points", "run", "statistic_points", "unify", "weight_params"]
 
 
-def _section(config, group: str) -> tuple[dict | None, dict | None]:
-    """(the user's weights/activations section, the range estimator that applies to it)."""
+def _section(config, group: str):
+    """(the user's weights/activations section, the range estimator that applies to it), as the config's
+    own dataclasses."""
     # POT reads an `outputs` section for GNA output FQs; torchpqt's config has none, so they take the
     # hardware configs and the global range estimator only.
     section = getattr(config, group, None) if group != "outputs" else None
-    user = section.to_dict() if section is not None else None
-    estimator = (user or {}).pop("range_estimator", None) if user else None
-    if estimator is None and getattr(config, "range_estimator", None) is not None:
-        estimator = config.range_estimator.to_dict()
-    return user or None, estimator
+    estimator = section.range_estimator if section is not None else None
+    if estimator is None:
+        estimator = getattr(config, "range_estimator", None)
+    return section, estimator
 
 
-def _point(site: FQSite, qconfig, config, estimator) -> QuantizationPoint:
+def _point(site: FQSite, qconfig, config, estimator, unify_group: int | None = None) -> QuantizationPoint:
     min_s, max_s = range_estimator(site.group, qconfig.mode, qconfig.granularity, estimator)
     if site.group == "activations" and config.model_type == "transformer" and site.act_matmul:
         # POT: the estimator was chosen for the original mode before the transformer switch (§5.4, §8).
         qconfig = transformer_matmul_qconfig(qconfig, config.target_device)
-    return QuantizationPoint(site.name, site, resolve_spec(qconfig, site.group), min_s, max_s)
+    return QuantizationPoint(site.name, site, resolve_spec(qconfig, site.group), min_s, max_s, unify_group)
 
 
 def resolve_points(placement: Placement, hw: HardwareConfig, config) -> list[QuantizationPoint]:
@@ -91,8 +65,7 @@ def resolve_points(placement: Placement, hw: HardwareConfig, config) -> list[Qua
                  for i in members]
         qconfig = select_unified(lists, config.preset, True, primary_bitwidth=hw.primary_bitwidth)
         for i in members:
-            points[i] = _point(placement.sites[i], qconfig, config, estimator)
-            points[i].unify_group = gi
+            points[i] = _point(placement.sites[i], qconfig, config, estimator, unify_group=gi)
     for i, site in enumerate(placement.sites):
         if points[i] is not None:
             continue
@@ -106,11 +79,11 @@ def rescaled_ops(view: GraphView, config) -> set[fx.Node]:
     """Ops whose weights get the saturation fix (spec §4.6, POT set_rescaling_factors)."""
     if config.target_device not in ("CPU", "ANY") or config.saturation_fix not in ("first_layer", "all"):
         return set()
-    if not any(info.type in _CONV for info in view.ops.values()):
+    if not any(info.type in CONV_TYPES for info in view.ops.values()):
         return set()
     if config.saturation_fix == "all":
         return {n for n, i in view.ops.items()
-                if i.type in (*_CONV, "ConvolutionBackpropData", "MatMul") and i.weight_arg is not None}
+                if i.type in (*CONV_TYPES, "ConvolutionBackpropData", "MatMul") and i.weight_arg is not None}
     # first_layer: every Convolution reachable from a network input without crossing another one.
     found, seen = set(), set()
     queue = [n for n in view.nodes if n.op == "placeholder"]
@@ -121,7 +94,7 @@ def rescaled_ops(view: GraphView, config) -> set[fx.Node]:
                 continue
             seen.add(user)
             info = view.ops.get(user)
-            if info is not None and info.type in _CONV:
+            if info is not None and info.type in CONV_TYPES:
                 found.add(user)
             else:
                 queue.append(user)
@@ -145,10 +118,10 @@ def weight_params(weight: torch.Tensor, point: QuantizationPoint) -> FQParams:
                                 clip_max=_clip(point.stat_max), output_scale=point.output_scale)
 
 
-def activation_params(point: QuantizationPoint, stats) -> FQParams:
+def activation_params(point: QuantizationPoint, statistics: StatisticsStore) -> FQParams:
     """FakeQuantize ranges of an activation from its collected statistics (POT fill_fq_range)."""
-    mn = stats.result(point.stat_min) if point.stat_min is not None else None
-    mx = stats.result(point.stat_max)
+    mn = statistics.result(point.name, point.stat_min) if point.stat_min is not None else None
+    mx = statistics.result(point.name, point.stat_max)
     return fake_quantize_params(mn, mx, point.spec, clip_min=_clip(point.stat_min),
                                 clip_max=_clip(point.stat_max))
 
@@ -178,3 +151,66 @@ def broadcast_shape(point: QuantizationPoint, params: FQParams, rank: int) -> tu
     axis = point.site.weight_axis % rank if point.group == "weights" else 1
     shape[axis] = size
     return tuple(shape)
+
+
+# ---------------------------------------------------------------- the pipeline step
+
+
+def statistic_points(plan: QuantizationPlan, config) -> tuple[StatisticRequest, ...]:
+    """The range statistics of every activation FakeQuantize, observed where it will sit."""
+    return tuple(
+        StatisticRequest(p.name, p.site.tensor.name, tuple(s for s in (p.stat_min, p.stat_max) if s is not None),
+                         p.module_name, tuple((e.consumer.name, e.arg, e.sub, e.port) for e in p.site.edges),
+                         channel_axis=1, inplace=config.inplace_statistics)
+        for p in plan.points if p.group != "weights")
+
+
+def _install_weight_fq(qm: fx.GraphModule, nodes: dict[str, fx.Node], p: QuantizationPoint, weight: torch.Tensor,
+                       fq: FakeQuantize, divisor: float = 1.0) -> None:
+    edge = p.site.edges[0]
+    consumer, tensor = nodes[edge.consumer.name], nodes[p.site.tensor.name]
+    qm.add_submodule(p.module_name, fq)
+    with qm.graph.inserting_before(consumer):
+        src = tensor
+        divisor = divisor * p.output_scale
+        if divisor != 1.0:
+            # POT: the saturation fix stores W/2 and doubles the FQ output range (spec §4.6);
+            # OverflowCorrection stores W/r and multiplies it by r (spec §10.4).
+            name = f"{p.module_name}_scaled_weight"
+            scaled = weight / divisor
+            qm.register_parameter(name, torch.nn.Parameter(scaled.contiguous(), requires_grad=False))
+            src = qm.graph.get_attr(name)
+        node = qm.graph.call_module(p.module_name, (src,))
+    type(edge)(tensor, consumer, edge.arg, edge.sub, edge.port).rewire(node)
+    if not tensor.users:
+        qm.graph.erase_node(tensor)
+
+
+def run(model: fx.GraphModule, plan: QuantizationPlan, statistics: StatisticsStore, config, *, data=None
+        ) -> fx.GraphModule:
+    """Compute every FakeQuantize's range, unify scales and install the FakeQuantize modules."""
+    nodes = {n.name: n for n in model.graph.nodes}
+    weights = {p.name: const_value(model, nodes[p.site.tensor.name]) for p in plan.points if p.group == "weights"}
+    params = {}
+    for p in plan.points:
+        if p.group != "weights":
+            params[p.name] = activation_params(p, statistics)
+        else:
+            params[p.name] = weight_params(weights[p.name], p)
+    unify(plan.points, params)
+    for p in plan.points:
+        fq_params = params[p.name]
+        if p.group != "weights":
+            shape = broadcast_shape(p, fq_params, statistics.rank(p.name) or 2)
+            # replaces the inline observer of the pass that measured it: the FakeQuantize sits where it did
+            model.add_submodule(p.module_name, FakeQuantize.from_params(fq_params, shape))
+        else:
+            w = weights[p.name]
+            fq = FakeQuantize.from_params(fq_params, broadcast_shape(p, fq_params, w.dim()))
+            _install_weight_fq(model, nodes, p, w, fq)
+    model.torchpqt_fq_params = params
+    return model
+
+
+ALGORITHM = Algorithm("MinMaxQuantization", enabled=lambda config: True, statistic_points=statistic_points,
+                      apply=run)

@@ -27,16 +27,14 @@ from torchpqt.config.sections import (
     QuantizerConfig,
     RangeEstimatorConfig,
 )
+from torchpqt.constants import GNA_DEVICES, PRESETS, TARGET_DEVICES
 from torchpqt.errors import ConfigError
 
 __all__ = ["CLI_COMPRESSION_KEYS", "PRESETS", "TARGET_DEVICES", "DefaultQuantizationConfig", "load_config"]
 
 logger = logging.getLogger("torchpqt")
 
-PRESETS = ("performance", "mixed", "accuracy")
-TARGET_DEVICES = ("CPU", "ANY", "GPU", "GNA", "GNA3", "GNA3.5", "CPU_SPR")
 CLI_COMPRESSION_KEYS = ("target_device", "model_type", "inplace_statistics", "dump_intermediate_model")
-_GNA_DEVICES = ("GNA", "GNA3", "GNA3.5")
 _CLI_PRESET_ALIASES = {"symmetric": "performance", "asymmetric": "accuracy"}
 
 
@@ -241,7 +239,7 @@ def _cli_preset(preset: Any, device: str) -> Any:
     aliased = _CLI_PRESET_ALIASES.get(preset, preset)
     # POT: Config._configure_algo_params; devices without an entry (CPU_SPR) rename accuracy -> mixed.
     rename = (
-        {"accuracy": "accuracy", "mixed": "accuracy"} if device in _GNA_DEVICES else {"accuracy": "mixed"}
+        {"accuracy": "accuracy", "mixed": "accuracy"} if device in GNA_DEVICES else {"accuracy": "mixed"}
     )
     renamed = rename.get(aliased, aliased)
     if renamed != preset:

@@ -22,6 +22,14 @@ from torchpqt.config._checks import (
     _section,
     _sequence,
 )
+from torchpqt.constants import (
+    AGGREGATORS,
+    DEFAULT_OUTLIER_PROB,
+    GRANULARITIES,
+    MODES,
+    RANGE_ESTIMATOR_PRESETS,
+    STATISTIC_TYPES,
+)
 from torchpqt.errors import ConfigError
 
 __all__ = [
@@ -38,9 +46,6 @@ __all__ = [
 
 logger = logging.getLogger("torchpqt")
 
-STATISTIC_TYPES = ("min", "max", "abs_max", "quantile", "abs_quantile")
-AGGREGATORS = ("mean", "max", "min", "median", "mean_no_outliers", "median_no_outliers", "hl_estimator")
-DEFAULT_OUTLIER_PROB = 1e-4  # the value of POT's quantile presets (range_estimator.py)
 
 
 # ---------------------------------------------------------------- range estimators
@@ -56,9 +61,7 @@ class StatisticConfig(_Config):
     type: str | None = field(default=None, metadata=_meta(_optional(_choice(*STATISTIC_TYPES))))
     outlier_prob: float | None = field(default=None, metadata=_meta(_optional(_real(0.0, 0.5, strict=True))))
     aggregator: str | None = field(default=None, metadata=_meta(_optional(_choice(*AGGREGATORS))))
-    granularity: str | None = field(
-        default=None, metadata=_meta(_optional(_choice("pertensor", "perchannel")))
-    )
+    granularity: str | None = field(default=None, metadata=_meta(_optional(_choice(*GRANULARITIES))))
     clipping_value: float | None = field(default=None, metadata=_meta(_optional(_real())))
 
     def _check(self, path: str) -> None:
@@ -74,7 +77,7 @@ class StatisticConfig(_Config):
 class RangeEstimatorConfig(_Config):
     """A ``range_estimator`` section: a preset (``default``/``quantile``) and min/max overrides (§5.4)."""
 
-    preset: str | None = field(default=None, metadata=_meta(_optional(_choice("default", "quantile"))))
+    preset: str | None = field(default=None, metadata=_meta(_optional(_choice(*RANGE_ESTIMATOR_PRESETS))))
     min: StatisticConfig | None = field(default=None, metadata=_meta(_optional(_section(StatisticConfig))))
     max: StatisticConfig | None = field(default=None, metadata=_meta(_optional(_section(StatisticConfig))))
 
@@ -98,10 +101,8 @@ class QuantizerConfig(_Config):
     """
 
     bits: int | None = field(default=None, metadata=_meta(_optional(_integer(2, 32))))
-    mode: str | None = field(default=None, metadata=_meta(_optional(_choice("symmetric", "asymmetric"))))
-    granularity: str | None = field(
-        default=None, metadata=_meta(_optional(_choice("pertensor", "perchannel")))
-    )
+    mode: str | None = field(default=None, metadata=_meta(_optional(_choice(*MODES))))
+    granularity: str | None = field(default=None, metadata=_meta(_optional(_choice(*GRANULARITIES))))
     level_low: int | None = field(default=None, metadata=_meta(_optional(_integer(-(2**32), 0))))
     level_high: int | None = field(default=None, metadata=_meta(_optional(_integer(1, 2**32))))
     range_estimator: RangeEstimatorConfig | None = field(

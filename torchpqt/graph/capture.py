@@ -24,21 +24,12 @@ from torchpqt.graph.attrs import get_attr_tensor, unique_attr_name
 from torchpqt.graph.fusions import fuse_constants
 from torchpqt.graph.inputs import InputCheck, captured_inputs
 from torchpqt.graph.ops import packet_name
+from torchpqt.inputs import split_inputs
 
 logger = logging.getLogger("torchpqt")
 aten = torch.ops.aten
 
-__all__ = ["capture", "split_inputs"]
-
-
-def split_inputs(example_inputs) -> tuple[tuple, dict]:
-    """Normalize example inputs (a tensor, a tuple/list of positional inputs, or a dict of keyword
-    inputs) into ``(args, kwargs)``."""
-    if isinstance(example_inputs, Mapping):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
+__all__ = ["capture"]
 
 
 def _dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict):

@@ -18,6 +18,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
+from torchpqt.constants import GRANULARITIES, GROUPS, MODES
 from torchpqt.errors import ConfigError
 
 __all__ = [
@@ -30,11 +31,9 @@ __all__ = [
     "parse_hardware_config",
 ]
 
-#: FakeQuantize groups, in POT's order (``QUANTIZATION_MODES``).
-GROUPS: tuple[str, ...] = ("weights", "activations", "outputs")
-
 #: target_device -> rule file. POT: ``algorithms/quantization/utils.py::__HARDWARE_CONFIGS_MAP``.
-#: NPU is left out: POT maps it to ``npu.json``, which 2023.3 does not ship.
+#: NPU is left out: POT maps it to ``npu.json``, which 2023.3 does not ship. The keys are
+#: ``torchpqt.constants.TARGET_DEVICES`` (a test keeps the two equal).
 TARGET_DEVICES: Mapping[str, str] = MappingProxyType(
     {
         "ANY": "cpu.json",
@@ -47,8 +46,6 @@ TARGET_DEVICES: Mapping[str, str] = MappingProxyType(
     }
 )
 
-_MODES = ("symmetric", "asymmetric")
-_GRANULARITIES = ("pertensor", "perchannel")
 _MIN_BITS, _MAX_BITS = 2, 32  # GNA's q32 configs are the widest POT knows; 1 bit has no grid
 
 
@@ -79,11 +76,11 @@ class QConfig:
             raise ConfigError(
                 f"quantization config 'bits' must be an int in {_MIN_BITS}..{_MAX_BITS}, got {self.bits!r}"
             )
-        if self.mode not in _MODES:
-            raise ConfigError(f"quantization config 'mode' must be one of {list(_MODES)}, got {self.mode!r}")
-        if self.granularity not in _GRANULARITIES:
+        if self.mode not in MODES:
+            raise ConfigError(f"quantization config 'mode' must be one of {list(MODES)}, got {self.mode!r}")
+        if self.granularity not in GRANULARITIES:
             raise ConfigError(
-                f"quantization config 'granularity' must be one of {list(_GRANULARITIES)}, "
+                f"quantization config 'granularity' must be one of {list(GRANULARITIES)}, "
                 f"got {self.granularity!r}"
             )
         for key in ("level_low", "level_high"):

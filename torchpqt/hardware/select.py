@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from torchpqt.config import QuantizerConfig
+from torchpqt.constants import PRESETS
 from torchpqt.errors import ConfigError
 from torchpqt.hardware.config import GROUPS, HardwareConfig, QConfig
 from torchpqt.hardware.user import apply_user_section
@@ -28,7 +30,6 @@ __all__ = [
     "transformer_matmul_qconfig",
 ]
 
-PRESETS: tuple[str, ...] = ("performance", "mixed", "accuracy")
 
 # POT: change_configurations_by_model_type (NPU is listed there too but has no rule file).
 _TRANSFORMER_DEVICES = frozenset({"ANY", "CPU", "CPU_SPR", "GPU", "NPU"})
@@ -104,7 +105,7 @@ def consumer_candidates(
     op_types: Sequence[str],
     group: str,
     *,
-    user: Mapping[str, Any] | None = None,
+    user: QuantizerConfig | Mapping[str, Any] | None = None,
 ) -> list[QConfig]:
     """The candidate configs of one FQ, from the hardware rules of its consumers (§3.2, §1.3).
 

@@ -4,6 +4,9 @@ POT (``fake_quantize_configuration.py::read_all_fake_quantize_configurations``) 
 hardware configs that contain the user's dict as a subset. When none does, POT uses the user's
 partial dict as the only config and crashes with ``KeyError`` if ``mode`` or ``granularity`` is
 missing. torchpqt completes such a dict from the first hardware candidate instead.
+
+The library passes the section as the :class:`~torchpqt.config.QuantizerConfig` it is (validated when
+the config was built); a POT-JSON dict is accepted too, and checked here, for direct callers.
 """
 
 from __future__ import annotations
@@ -12,21 +15,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from torchpqt._once import log_once
+from torchpqt.config import QuantizerConfig
+from torchpqt.constants import GRANULARITIES, GROUPS, MODES, QUANTIZER_KEYS
 from torchpqt.errors import ConfigError
-from torchpqt.hardware.config import _GRANULARITIES, _MODES, GROUPS, QConfig, _is_int
+from torchpqt.hardware.config import QConfig, _is_int
 
 __all__ = ["USER_KEYS", "apply_user_section"]
 
-logger = logging.getLogger("torchpqt")
-
 #: The only keys of a user section that take part in the matching.
-#: POT: ``QUANTIZATION_PARAMETERS`` in ``fake_quantize_configuration.py``.
-USER_KEYS: tuple[str, ...] = ("bits", "mode", "granularity", "level_low", "level_high")
+USER_KEYS: tuple[str, ...] = QUANTIZER_KEYS
 
-_ALLOWED = {"mode": _MODES, "granularity": _GRANULARITIES}
-
-# (group, user keys) pairs already warned about, so a model with 100 FQs logs once.
-_warned: set[tuple[str, tuple[tuple[str, Any], ...]]] = set()
+_ALLOWED = {"mode": MODES, "granularity": GRANULARITIES}
 
 
 def _check_value(group: str, key: str, value: Any) -> None:
@@ -40,8 +40,10 @@ def _check_value(group: str, key: str, value: Any) -> None:
         raise ConfigError(f"{group}.{key}={value!r} is not allowed; use an int")
 
 
-def _user_keys(user: Mapping[str, Any], group: str) -> dict[str, Any]:
+def _user_keys(user: QuantizerConfig | Mapping[str, Any], group: str) -> dict[str, Any]:
     """The matching keys of a user section, validated; other keys (range_estimator, ...) are ignored."""
+    if isinstance(user, QuantizerConfig):  # validated when the config was built
+        return {key: getattr(user, key) for key in USER_KEYS if getattr(user, key) is not None}
     if not isinstance(user, Mapping):
         raise ConfigError(f"{group} section must be a dict, got {type(user).__name__}")
     wanted = {key: user[key] for key in USER_KEYS if key in user and user[key] is not None}
@@ -84,14 +86,15 @@ def _fallback(wanted: Mapping[str, Any], candidates: Sequence[QConfig], group: s
 
 
 def apply_user_section(
-    candidates: Sequence[QConfig], user: Mapping[str, Any] | None, group: str
+    candidates: Sequence[QConfig], user: QuantizerConfig | Mapping[str, Any] | None, group: str
 ) -> list[QConfig]:
     """Narrows one consumer's hardware candidates by the user's section (§1.3).
 
     Args:
         candidates: the hardware configs of one consumer op for ``group``, in file order.
-        user: the user's ``weights``/``activations`` section, or None. Only ``bits``, ``mode``,
-            ``granularity``, ``level_low`` and ``level_high`` count; other keys are ignored.
+        user: the user's ``weights``/``activations`` section (a QuantizerConfig or a POT-JSON dict), or
+            None. Only ``bits``, ``mode``, ``granularity``, ``level_low`` and ``level_high`` count; other
+            keys are ignored.
         group: ``weights``, ``activations`` or ``outputs`` (names the section in errors).
 
     Returns:
@@ -111,14 +114,14 @@ def apply_user_section(
     if kept:
         return kept
     chosen = _fallback(wanted, candidates, group)
-    key = (group, tuple(sorted(wanted.items())))
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(
-            "%s config %s is not listed by the hardware rules (candidates %s); using %s",
-            group,
-            dict(wanted),
-            [c.to_dict() for c in candidates],
-            chosen.to_dict(),
-        )
+    # once per (group, user keys) and call: a model with 100 FQs logs it once
+    log_once(
+        ("hardware.user", group, tuple(sorted(wanted.items()))),
+        logging.WARNING,
+        "%s config %s is not listed by the hardware rules (candidates %s); using %s",
+        group,
+        dict(wanted),
+        [c.to_dict() for c in candidates],
+        chosen.to_dict(),
+    )
     return [chosen]

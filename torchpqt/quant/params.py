@@ -23,7 +23,6 @@ __all__ = [
     "fake_quantize_params",
     "fix_zero_filters_asymmetric",
     "fix_zero_filters_symmetric",
-    "scale_zero_point",
     "symmetric_range",
     "tune_range",
     "unify_params",
@@ -214,11 +213,3 @@ def unify_params(params: Sequence[FQParams]) -> list[FQParams]:
         ih = np.broadcast_to(high, p.input_high.shape).copy()
         out.append(FQParams(p.levels, il, ih, il, ih))
     return out
-
-
-def scale_zero_point(p: FQParams) -> tuple[np.ndarray, np.ndarray]:
-    """Input-side ``scale = (ih - il) / (L - 1)`` and ``zero_point = -il / scale`` (float64)."""
-    scale = (p.input_high - p.input_low) / (p.levels - 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        zero_point = -p.input_low / scale
-    return scale, zero_point

@@ -12,18 +12,24 @@ result as a float64 NumPy array from :meth:`Aggregator.result`.
   end, so any subset size works (POT crashes when ``stat_subset_size % stat_batch_size != 0``).
 * ``hl_estimator`` is exact, O(N^2) in the number of samples like POT, evaluated in channel
   chunks; fine up to a few thousand samples.
+
+:meth:`Aggregator.state` gives what an aggregator holds as a plain dict of CPU tensors and ints (the
+statistics store keeps these); :func:`finalize` turns a state into the result and :func:`merge` combines
+the states of two parts of the data (other processes, other shards), so a result can be computed from
+saved, merged states exactly as from one run.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from ..constants import STAT_AGGREGATORS
 from ..errors import ConfigError, TorchPQTError
 
-__all__ = ["AGGREGATORS", "Aggregator", "make_aggregator"]
+__all__ = ["AGGREGATORS", "Aggregator", "finalize", "make_aggregator", "merge"]
 
 # POT: no_outliers_estimator(alpha=0.01)
 _OUTLIER_ALPHA = 0.01
@@ -37,6 +43,8 @@ class Aggregator(Protocol):
     def update(self, batch_stat: torch.Tensor | np.ndarray) -> None: ...
 
     def result(self) -> np.ndarray: ...
+
+    def state(self) -> dict[str, Any] | None: ...
 
 
 def _as_tensor(batch_stat: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -68,6 +76,12 @@ class _Online:
             "check that the calibration data runs through it"
         )
 
+    def result(self) -> np.ndarray:
+        state = self.state()
+        if state is None:
+            raise self._empty()
+        return finalize(state)
+
 
 class _Mean(_Online):
     """POT: aggregation.py::mean, the unweighted mean of per-batch means."""
@@ -80,10 +94,10 @@ class _Mean(_Online):
         self._state = m if self._state is None else self._state + m
         self._count += 1
 
-    def result(self) -> np.ndarray:
+    def state(self) -> dict[str, Any] | None:
         if self._state is None:
-            raise self._empty()
-        return _to_numpy(self._state / self._count)
+            return None
+        return {"aggregator": self.name, "sum": self._state.cpu(), "batches": self._count}
 
 
 class _Extreme(_Online):
@@ -103,10 +117,10 @@ class _Extreme(_Online):
             self._state = torch.maximum(self._state, m) if self._largest else torch.minimum(self._state, m)
         self._count += 1
 
-    def result(self) -> np.ndarray:
+    def state(self) -> dict[str, Any] | None:
         if self._state is None:
-            raise self._empty()
-        return _to_numpy(self._state)
+            return None
+        return {"aggregator": self.name, "value": self._state.cpu(), "batches": self._count}
 
 
 class _BatchMean(_Online):
@@ -124,10 +138,10 @@ class _BatchMean(_Online):
         self._state = t.clone() if self._state is None else self._state + t
         self._count += 1
 
-    def result(self) -> np.ndarray:
+    def state(self) -> dict[str, Any] | None:
         if self._state is None:
-            raise self._empty()
-        return _to_numpy(self._state / self._count)[None]
+            return None
+        return {"aggregator": self.name, "sum": self._state.cpu(), "batches": self._count}
 
 
 class _Samples(_Online):
@@ -141,11 +155,11 @@ class _Samples(_Online):
     def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
         self._parts.append(_as_tensor(batch_stat))
 
-    def result(self) -> np.ndarray:
+    def state(self) -> dict[str, Any] | None:
         if not self._parts:
-            raise self._empty()
-        x = _to_numpy(torch.cat([p.to(self._parts[0].device) for p in self._parts], dim=0))
-        return _SAMPLE_FUNCTIONS[self.name](x)
+            return None
+        samples = torch.cat([p.to(self._parts[0].device) for p in self._parts], dim=0).cpu()
+        return {"aggregator": self.name, "samples": samples, "batches": len(self._parts)}
 
 
 def _median(x: np.ndarray) -> np.ndarray:
@@ -193,7 +207,45 @@ _SAMPLE_FUNCTIONS = {
     "hl_estimator": _hl_estimator,
 }
 
-AGGREGATORS = ("mean", "max", "min", *_SAMPLE_FUNCTIONS, "batch_mean")
+AGGREGATORS = STAT_AGGREGATORS
+assert set(AGGREGATORS) == {"mean", "max", "min", "batch_mean", *_SAMPLE_FUNCTIONS}
+
+
+def finalize(state: dict[str, Any]) -> np.ndarray:
+    """The aggregated statistic (float64) from an aggregator's :meth:`~Aggregator.state`."""
+    name = state["aggregator"]
+    if name == "mean":
+        return _to_numpy(state["sum"] / state["batches"])
+    if name in ("max", "min"):
+        return _to_numpy(state["value"])
+    if name == "batch_mean":
+        return _to_numpy(state["sum"] / state["batches"])[None]
+    return _SAMPLE_FUNCTIONS[name](_to_numpy(state["samples"]))
+
+
+def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The state of one aggregator that saw the batches of ``a`` and then those of ``b``.
+
+    Extremes and kept samples merge exactly; ``mean`` and ``batch_mean`` add their sums, so the merged mean
+    equals one run's up to the float64 summation order.
+
+    Raises:
+        TorchPQTError: the states come from different aggregators or shapes.
+    """
+    name = a["aggregator"]
+    if b["aggregator"] != name:
+        raise TorchPQTError(f"cannot merge a {name!r} statistic with a {b['aggregator']!r} one")
+    out = {**a, "batches": a["batches"] + b["batches"]}
+    if name in ("max", "min"):
+        out["value"] = torch.maximum(a["value"], b["value"]) if name == "max" else torch.minimum(a["value"], b["value"])
+    elif name in ("mean", "batch_mean"):
+        if a["sum"].shape != b["sum"].shape:
+            raise TorchPQTError(f"cannot merge {name!r} statistics of shapes {tuple(a['sum'].shape)} and "
+                                f"{tuple(b['sum'].shape)}")
+        out["sum"] = a["sum"] + b["sum"]
+    else:
+        out["samples"] = torch.cat([a["samples"], b["samples"]], dim=0)
+    return out
 
 
 def make_aggregator(name: str) -> Aggregator:

@@ -8,13 +8,14 @@ requested statistic's aggregator. Everything stays on the tensor's device until
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, TorchPQTError
 from .aggregators import Aggregator, make_aggregator
-from .estimators import StatSpec
+from .estimators import StatSpec, statistic_key
 from .reducers import minmax, reduce
 
 __all__ = ["TensorStatistics"]
@@ -100,6 +101,16 @@ class TensorStatistics:
                 f"statistic {spec.key!r} ({spec.aggregator}) was not registered on this tensor"
             )
         return agg.result()
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Every statistic collected so far: ``statistic key -> aggregator state`` (CPU tensors and ints, see
+        :func:`~torchpqt.statistics.aggregators.merge`), with ``per_batch`` (inplace statistics) recorded."""
+        out = {}
+        for (reducer_key, aggregator), agg in self._aggregators.items():
+            state = agg.state()
+            if state is not None:
+                out[statistic_key(reducer_key, aggregator)] = {**state, "per_batch": self.inplace}
+        return out
 
     def __repr__(self) -> str:
         keys = ", ".join(f"{t}/{g}{'' if q is None else f'@{q}'}->{a}" for (t, q, g), a in self._aggregators)

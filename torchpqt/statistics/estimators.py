@@ -12,23 +12,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import RangeEstimatorConfig, StatisticConfig
+from ..constants import (
+    DEFAULT_OUTLIER_PROB,
+    GRANULARITIES,
+    GROUPS,
+    MODES,
+    QUANTILE_TYPES,
+    RANGE_ESTIMATOR_PRESETS,
+    STAT_AGGREGATORS,
+    STAT_TYPES,
+    STATISTIC_KEYS,
+)
 from ..errors import ConfigError
-from .aggregators import AGGREGATORS
 
-__all__ = ["DEFAULT_OUTLIER_PROB", "QUANTILE_TYPES", "STAT_TYPES", "StatSpec", "range_estimator"]
+__all__ = ["DEFAULT_OUTLIER_PROB", "QUANTILE_TYPES", "STAT_TYPES", "StatSpec", "range_estimator", "statistic_key"]
 
 logger = logging.getLogger("torchpqt")
-
-STAT_TYPES = ("min", "max", "abs_max", "quantile", "abs_quantile", "mean")
-QUANTILE_TYPES = ("quantile", "abs_quantile")
-GRANULARITIES = ("pertensor", "perchannel")
-GROUPS = ("weights", "activations", "outputs")
-MODES = ("symmetric", "asymmetric")
-PRESETS = ("default", "quantile")
-USER_KEYS = ("type", "aggregator", "granularity", "outlier_prob", "clipping_value")
-# Used when a user writes `type: quantile` without `outlier_prob` (POT crashes there) and by
-# the quantile preset.
-DEFAULT_OUTLIER_PROB = 1e-4
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class StatSpec:
         _check_choice(f"{where}.type", self.type, STAT_TYPES)
         _check_choice(f"{where}.granularity", self.granularity, GRANULARITIES)
         if self.aggregator is not None:
-            _check_choice(f"{where}.aggregator", self.aggregator, tuple(AGGREGATORS))
+            _check_choice(f"{where}.aggregator", self.aggregator, STAT_AGGREGATORS)
         if self.type in QUANTILE_TYPES:
             if self.outlier_prob is None:
                 object.__setattr__(self, "outlier_prob", DEFAULT_OUTLIER_PROB)
@@ -92,6 +92,18 @@ class StatSpec:
     def reducer_key(self) -> tuple[str, float | None, str]:
         """Identifies the per-sample reduction, so equal reducers on one tensor run once."""
         return (self.type, self.q, self.granularity)
+
+    @property
+    def statistic_key(self) -> str:
+        """The statistics store's name of this statistic (reduction and aggregator), see :func:`statistic_key`."""
+        return statistic_key(self.reducer_key, self.aggregator)
+
+
+def statistic_key(reducer_key: tuple[str, float | None, str], aggregator: str | None) -> str:
+    """``type/granularity[@q]->aggregator``, e.g. ``abs_max/pertensor->mean`` or
+    ``quantile/perchannel@0.0001->min``: names one collected statistic of a tensor."""
+    stat_type, q, granularity = reducer_key
+    return f"{stat_type}/{granularity}{'' if q is None else f'@{q!r}'}->{aggregator}"
 
 
 def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -151,7 +163,7 @@ _WEIGHT_TABLES: dict[str, dict[str, tuple[dict | None, dict]]] = {
 
 
 def range_estimator(
-    group: str, mode: str, granularity: str, user: Mapping[str, Any] | None = None
+    group: str, mode: str, granularity: str, user: RangeEstimatorConfig | Mapping[str, Any] | None = None
 ) -> tuple[StatSpec | None, StatSpec]:
     """Resolve the (min, max) statistics of one FakeQuantize (spec §5.1 tables, §5.4 overlay).
 
@@ -159,8 +171,9 @@ def range_estimator(
         group: ``weights``, ``activations`` or ``outputs``.
         mode: the FQ's final ``symmetric``/``asymmetric`` mode.
         granularity: the FQ's final ``pertensor``/``perchannel`` granularity.
-        user: a POT-JSON ``range_estimator`` dict (``{"preset": ..., "min": {...}, "max": {...}}``);
-            the caller picks the section-level one or the global one (they are not merged).
+        user: the :class:`~torchpqt.config.RangeEstimatorConfig` (validated already), or a POT-JSON
+            ``range_estimator`` dict (``{"preset": ..., "min": {...}, "max": {...}}``), checked here; the
+            caller picks the section-level one or the global one (they are not merged).
 
     Returns:
         ``(min_spec, max_spec)``; ``min_spec`` is ``None`` for symmetric weights unless the user
@@ -172,18 +185,35 @@ def range_estimator(
     _check_choice("group", group, GROUPS)
     _check_choice(f"{group}.mode", mode, MODES)
     _check_choice(f"{group}.granularity", granularity, GRANULARITIES)
-    user = dict(user or {})
-    preset = user.get("preset") or "default"
-    _check_choice(f"{group}.range_estimator.preset", preset, PRESETS)
-    if group == "weights":
-        base_min, base_max = _WEIGHT_TABLES[preset][mode]
+    if isinstance(user, RangeEstimatorConfig):
+        preset = user.preset or "default"
+        base_min, base_max = _base(group, mode, granularity, preset)
+        min_cfg = _typed_overlay(base_min, user.min)
+        max_cfg = _typed_overlay(base_max, user.max)
     else:
-        base_min, base_max = _ACT_TABLES[preset][(granularity, mode)]
-    min_cfg = _overlay(group, "min", base_min, user.get("min"))
-    max_cfg = _overlay(group, "max", base_max, user.get("max"))
+        user = dict(user or {})
+        preset = user.get("preset") or "default"
+        _check_choice(f"{group}.range_estimator.preset", preset, RANGE_ESTIMATOR_PRESETS)
+        base_min, base_max = _base(group, mode, granularity, preset)
+        min_cfg = _overlay(group, "min", base_min, user.get("min"))
+        max_cfg = _overlay(group, "max", base_max, user.get("max"))
     assert max_cfg is not None  # every table has a max entry
     min_spec = None if min_cfg is None else _to_spec(group, "min", min_cfg, granularity)
     return min_spec, _to_spec(group, "max", max_cfg, granularity)
+
+
+def _base(group: str, mode: str, granularity: str, preset: str) -> tuple[dict | None, dict]:
+    if group == "weights":
+        return _WEIGHT_TABLES[preset][mode]
+    return _ACT_TABLES[preset][(granularity, mode)]
+
+
+def _typed_overlay(base: dict | None, user: StatisticConfig | None) -> dict | None:
+    """_overlay for a validated StatisticConfig: its given keys replace the preset's."""
+    if user is None:
+        return None if base is None else dict(base)
+    given = {k: getattr(user, k) for k in STATISTIC_KEYS if getattr(user, k) is not None}
+    return {**(base or {}), **given}
 
 
 def _overlay(group: str, side: str, base: dict | None, user: Mapping[str, Any] | None) -> dict | None:
@@ -192,10 +222,10 @@ def _overlay(group: str, side: str, base: dict | None, user: Mapping[str, Any] |
         return None if base is None else dict(base)
     if not isinstance(user, Mapping):
         raise ConfigError(f"{group}.range_estimator.{side} must be a dict, got {type(user).__name__}")
-    unknown = sorted(set(user) - set(USER_KEYS))
+    unknown = sorted(set(user) - set(STATISTIC_KEYS))
     if unknown:
         raise ConfigError(
-            f"{group}.range_estimator.{side} has unknown key(s) {unknown}; allowed: {', '.join(USER_KEYS)}"
+            f"{group}.range_estimator.{side} has unknown key(s) {unknown}; allowed: {', '.join(STATISTIC_KEYS)}"
         )
     return {**(base or {}), **{k: v for k, v in user.items() if v is not None}}
 

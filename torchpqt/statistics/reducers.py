@@ -14,8 +14,8 @@ import math
 import numpy as np
 import torch
 
+from ..constants import GRANULARITIES, QUANTILE_TYPES, STAT_TYPES
 from ..errors import ConfigError
-from .estimators import GRANULARITIES, QUANTILE_TYPES, STAT_TYPES
 
 __all__ = ["minmax", "reduce", "weight_stat"]
 

@@ -22,14 +22,15 @@ from typing import Any, NoReturn
 import torch
 
 import torchpqt
-from torchpqt.cli_config import CliConfig, parse_config
-from torchpqt.cli_data import open_data_source
-from torchpqt.cli_jsonc import CliError, read_jsonc
-from torchpqt.cli_logging import attach_log_file, setup_logging, teardown_logging
-from torchpqt.cli_model import forward_arg_names, load_model
-from torchpqt.cli_output import fake_quantize_ranges, make_layout, save_torch_model, write_report
+from torchpqt.cli.config import CliConfig, parse_config
+from torchpqt.cli.data import open_data_source
+from torchpqt.cli.jsonc import read_jsonc
+from torchpqt.cli.logging import attach_log_file, setup_logging, teardown_logging
+from torchpqt.cli.model import forward_arg_names, load_model
+from torchpqt.cli.output import fake_quantize_ranges, make_layout, save_torch_model, write_report
 from torchpqt.config import DefaultQuantizationConfig
-from torchpqt.errors import TorchPQTError
+from torchpqt.errors import CliError, TorchPQTError
+from torchpqt.inputs import split_inputs
 
 __all__ = ["QUICK_TEMPLATE", "build_parser", "main"]
 
@@ -107,14 +108,12 @@ def _example_inputs(data: Any, names: list[str]) -> tuple[Any, ...]:
         first = data[0] if isinstance(data, Sequence) else next(iter(data))
     except (StopIteration, IndexError):
         raise CliError("'engine.data_source' yields no samples; give at least one") from None
-    if isinstance(first, torch.Tensor):
-        return (first,)
-    if isinstance(first, (tuple, list)):
-        return tuple(first)
-    if isinstance(first, dict) and set(first) <= set(names):
-        return tuple(first[n] for n in names if n in first)
-    raise CliError(f"'engine.data_source': a sample is a {type(first).__name__}; yield tensors, tuples of "
-                   f"tensors, or dicts keyed by the forward() arguments {names}")
+    unnamed = isinstance(first, dict) and not set(first) <= set(names)
+    if unnamed or not isinstance(first, (torch.Tensor, tuple, list, dict)):
+        raise CliError(f"'engine.data_source': a sample is a {type(first).__name__}; yield tensors, tuples of "
+                       f"tensors, or dicts keyed by the forward() arguments {names}")
+    args, kwargs = split_inputs(first)
+    return (*args, *(kwargs[n] for n in names if n in kwargs))  # the exporter takes positional inputs
 
 
 def _export(qmodel: torch.nn.Module, example: tuple[Any, ...], xml: Path, cfg: CliConfig, keep: bool) -> Any:

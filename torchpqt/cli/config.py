@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchpqt.cli_jsonc import CliError
+from torchpqt.errors import CliError
 
 __all__ = ["DTYPES", "CliConfig", "EngineSection", "InputSpec", "ModelSection", "parse_config"]
 

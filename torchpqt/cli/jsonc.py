@@ -10,13 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torchpqt.errors import ConfigError
+from torchpqt.errors import CliError
 
-__all__ = ["CliError", "loads_jsonc", "read_jsonc", "strip_comments"]
-
-
-class CliError(ConfigError):
-    """A bad command line or config file; the message names the problem and the fix."""
+__all__ = ["loads_jsonc", "read_jsonc", "strip_comments"]
 
 
 def _blank(text: str) -> str:

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchpqt.cli_config import EngineSection, InputSpec
-from torchpqt.cli_data_image import IMAGE_SUFFIXES, load_image
-from torchpqt.cli_jsonc import CliError
-from torchpqt.cli_model import call_user, load_callable, resolve_path
+from torchpqt.cli.config import EngineSection, InputSpec
+from torchpqt.cli.images import IMAGE_SUFFIXES, load_image
+from torchpqt.cli.model import call_user, is_callable_spec, load_callable, resolve_path
+from torchpqt.errors import CliError
 
 __all__ = ["Samples", "open_data_source", "to_tensor"]
 
@@ -159,11 +159,6 @@ def _from_callable(engine: EngineSection) -> Iterable[Any]:
     return _Converted(data)
 
 
-def _looks_like_callable(source: str) -> bool:
-    target, sep, attr = source.rpartition(":")
-    return bool(sep and target and attr.isidentifier() and len(target) > 1)
-
-
 def open_data_source(engine: EngineSection, inputs: tuple[InputSpec, ...],
                      names: list[str]) -> Iterable[Any]:
     """Open ``engine.data_source`` as an iterable of model inputs (a tensor or a tuple per item).
@@ -177,7 +172,7 @@ def open_data_source(engine: EngineSection, inputs: tuple[InputSpec, ...],
         CliError: the source does not exist, has an unsupported form, or its samples do not fit the model.
     """
     path = resolve_path(engine.data_source, engine.base_dir)
-    if not path.exists() and _looks_like_callable(engine.data_source):
+    if not path.exists() and is_callable_spec(engine.data_source):
         source: Iterable[Any] = _from_callable(engine)
     elif not path.exists():
         raise CliError(f"'{KEY}': '{path}' does not exist; give a .npy/.npz file, a folder, or "

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from torchpqt.cli_config import InputSpec, ModelSection
-from torchpqt.cli_jsonc import CliError
+from torchpqt.cli.config import InputSpec, ModelSection
+from torchpqt.errors import CliError
 
-__all__ = ["call_user", "forward_arg_names", "load_callable", "load_model", "resolve_path"]
+__all__ = ["call_user", "forward_arg_names", "is_callable_spec", "load_callable", "load_model", "resolve_path"]
 
 logger = logging.getLogger("torchpqt")
 
@@ -63,6 +63,13 @@ def _import(target: str, base_dir: Path, key: str) -> Any:
         except ModuleNotFoundError as exc:
             raise CliError(f"'{key}': cannot import module '{target}' ({exc}); make it importable from the "
                            "config file's folder or the current directory, or write 'file.py:callable'") from exc
+
+
+def is_callable_spec(spec: str) -> bool:
+    """Whether ``spec`` is written ``package.module:callable`` or ``path/file.py:callable`` (not a drive letter
+    such as ``C:data``)."""
+    target, sep, attr = spec.rpartition(":")
+    return bool(sep and target and attr.isidentifier() and len(target) > 1)
 
 
 def load_callable(spec: str, base_dir: Path, key: str) -> Callable[..., Any]:

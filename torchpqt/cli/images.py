@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torchpqt.cli_config import EngineSection
-from torchpqt.cli_jsonc import CliError
+from torchpqt.cli.config import EngineSection
+from torchpqt.errors import CliError
 
 __all__ = ["IMAGE_SUFFIXES", "guess_layout", "load_image"]
 
