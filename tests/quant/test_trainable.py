@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from torchpqt.errors import ConfigError, ExportError
@@ -185,6 +185,12 @@ def test_symmetric_and_unsigned_ranges_keep_their_shape(seed, lr, train_min, ada
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), scale=st.floats(1e3, 1e30), train_min=st.booleans(),
        per_channel=st.booleans())
+@example(
+    seed=378,
+    scale=1000.0,
+    train_min=True,
+    per_channel=True,
+)  # float rounding left the high end of a snapped range below 0
 def test_a_huge_step_never_collapses_or_inverts_the_range(seed, scale, train_min, per_channel):
     gen = torch.Generator().manual_seed(seed)
     shape = (4, 1) if per_channel else ()

@@ -111,9 +111,12 @@ def derive(anchors: Ranges, log_scale: Tensor, min_shift: Tensor | None, levels:
     keep = _anchored(il0, ih0)
     moved = (min_shift != 0) & ~keep
     total = min_shift + _zero_snap(il + min_shift, ih + min_shift, moved, levels)
-    il_m, ih_m = torch.where(keep, il, il + total), torch.where(keep, ih, ih + total)
+    # a zero point snapped onto an end level leaves that end a rounding error away from 0: keep 0 inside
+    il_m = torch.where(keep, il, (il + total).clamp(max=0.0))
+    ih_m = torch.where(keep, ih, (ih + total).clamp(min=0.0))
     if follow:
         return il_m, ih_m, il_m, ih_m
     ratio = (oh0 - ol0) / (ih0 - il0)  # POT's saturation fix: exactly 2
     shift = ratio * total
-    return il_m, ih_m, torch.where(keep, ol, ol + shift), torch.where(keep, oh, oh + shift)
+    return (il_m, ih_m, torch.where(keep, ol, (ol + shift).clamp(max=0.0)),
+            torch.where(keep, oh, (oh + shift).clamp(min=0.0)))
