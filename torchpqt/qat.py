@@ -52,7 +52,7 @@ def train_ranges(qmodel: nn.Module, enabled: bool = True) -> list[nn.Parameter]:
 
     Each range gets ``log_scale`` (the log of its width relative to the calibrated one); an *asymmetric*
     FakeQuantize of the model's plan also gets ``min_shift`` (a shift of the range, zero point kept on an
-    integer level); symmetric ones only scale about zero, so they stay symmetric exactly. Ranges with an
+    integer level) unless every channel of its range has an edge at zero; symmetric ones only scale about zero, so they stay symmetric exactly. Ranges with an
     edge at zero (ReLU outputs) keep it. ``qmodel.parameters()`` then holds the weights, biases and ranges.
 
     Args:
@@ -64,7 +64,11 @@ def train_ranges(qmodel: nn.Module, enabled: bool = True) -> list[nn.Parameter]:
     """
     plan = getattr(qmodel, "torchpqt_plan", None)
     asymmetric = {p.module_name for p in plan.points if p.spec.mode == "asymmetric"} if plan is not None else set()
-    return trainable.train_ranges(qmodel, enabled, train_min=lambda name, fq: name in asymmetric)
+
+    def shifts(name: str, fq: FakeQuantize) -> bool:
+        # a range with an edge at zero on every channel (a ReLU output) is never shifted: no dead parameter
+        return name in asymmetric and not bool(((fq.input_low == 0) | (fq.input_high == 0)).all())
+    return trainable.train_ranges(qmodel, enabled, train_min=shifts)
 
 
 def freeze_ranges(qmodel: nn.Module) -> nn.Module:
