@@ -115,6 +115,8 @@ def _make_trainable(gm: fx.GraphModule) -> None:
 
 def finalize(gm: fx.GraphModule) -> fx.GraphModule:
     """Drop what the graph no longer reads and make every live weight and bias trainable, in place."""
+    for name in ("train", "eval"):  # torch.export's module() stubs raising NotImplementedError: the graph is
+        gm.__dict__.pop(name, None)  # the eval-mode computation, so the modes change nothing it computes
     _erase_dead_nodes(gm)
     dropped = _drop_unread(gm)
     _make_trainable(gm)

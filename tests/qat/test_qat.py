@@ -215,6 +215,9 @@ def test_train_mode_does_not_change_what_eval_computes():
         y_train2 = q(x)
     assert torch.equal(y_train, y_eval) and torch.equal(y_train2, y_eval)
     assert all(torch.equal(v, state[k]) for k, v in q.state_dict().items())  # no statistics updated
+    r = torchpqt.load(q.state_dict(), fp, data[0], q.torchpqt_config)  # a rebuilt model switches modes too
+    with torch.no_grad():
+        assert torch.equal(r.train()(x), y_eval) and torch.equal(r.eval()(x), y_eval)
 
 
 @pytest.mark.openvino
