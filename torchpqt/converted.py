@@ -22,7 +22,6 @@ import logging
 import torch
 from torch import fx, nn
 
-from torchpqt.graph.attrs import get_attr_tensor
 from torchpqt.graph.ops import packet_name
 from torchpqt.quant.fake_quantize import FakeQuantize
 
@@ -103,7 +102,7 @@ def _make_trainable(gm: fx.GraphModule) -> None:
     live = {n.target for n in weight_and_bias_nodes(gm)}
     for target in {n.target for n in gm.graph.nodes if n.op == "get_attr"}:
         owner, attr = _owner(gm, target)
-        value = get_attr_tensor(gm, fx.Node(gm.graph, "_", "get_attr", target, (), {}))
+        value = getattr(owner, attr)
         if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
             continue
         if attr in owner._parameters:

@@ -121,9 +121,9 @@ def _rename_to_saved(gm: fx.GraphModule, state: dict[str, torch.Tensor]) -> None
         if node.target in state:
             continue
         layer = next(iter(node.users))
-        if layer.op == "call_module":
+        role = "weight" if layer.op == "call_module" or node in layer.args[:2] else "bias"
+        if layer.op == "call_module":  # the weight's FakeQuantize: the layer is its consumer
             layer = next(iter(layer.users))
-        role = "bias" if node not in layer.args[:2] else "weight"
         candidates = sorted(k for k in spare if k.startswith(f"{layer.name}_{role}_"))
         if candidates:
             name = candidates[-1]

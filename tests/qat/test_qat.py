@@ -243,3 +243,24 @@ def test_trained_model_exports_with_the_check_passing_and_its_ranges(tmp_path):
     assert len(got) == len(want) and moved
     for w in want:  # every trained range is in the IR, as float32
         assert any(g == pytest.approx(w, rel=0, abs=0) for g in got), w
+
+
+def test_load_finds_tensors_an_algorithm_re_registered():
+    # what bias correction / channel alignment do: point a layer at a new bias / weight tensor, under a new name
+    from torchpqt.algorithms.layers import layer_of, set_layer_tensor
+    from torchpqt.converted import finalize
+
+    fp = _conv_bn_relu_linear()
+    data = _data()
+    q = torchpqt.quantize(fp, data, {"preset": "mixed"}, progress=False)
+    linear = next(n for n in q.graph.nodes if n.op == "call_function" and "linear" in str(n.target))
+    layer = layer_of(q, linear)
+    set_layer_tensor(q, layer, "bias", torch.full((4,), 0.25))
+    set_layer_tensor(q, layer, "weight", torch.randn(4, 288))
+    finalize(q)
+    names = set(q.state_dict())
+    assert {"linear_bias_0", "linear_weight_0"} <= names and "4.bias" not in names
+    x = torch.cat(data)
+    r = torchpqt.load(q.state_dict(), fp, data[0], q.torchpqt_config)
+    assert set(r.state_dict()) == names
+    assert torch.equal(r(x), q(x))
