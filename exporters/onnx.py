@@ -28,6 +28,7 @@ from onnx import helper, numpy_helper
 import torchpqt.quant.fake_quantize  # noqa: F401 -- registers torch.ops.torchpqt.fake_quantize
 from torchpqt.errors import ExportError
 from torchpqt.inputs import split_inputs
+from torchpqt.quant.trainable import frozen_copy
 
 __all__ = ["OV_DOMAIN", "export", "export_proto"]
 
@@ -78,6 +79,7 @@ def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, op
 def export_proto(qmodel: torch.nn.Module, example_inputs: Any, *, opset: int | None = None,
                  dynamic_batch: bool = True) -> onnx.ModelProto:
     """Like :func:`export` with ``format="fakequantize"``, returning the in-memory ModelProto."""
+    qmodel = frozen_copy(qmodel)  # trained ranges as constants; the caller's model keeps training
     args, kwargs = _normalize_inputs(example_inputs)
     with eval_mode(qmodel):
         return _export_any(qmodel, args, kwargs, opset, dynamic_batch)

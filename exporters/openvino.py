@@ -31,6 +31,7 @@ from openvino._offline_transformations import (
 
 from torchpqt.errors import ExportError
 from torchpqt.quant.fake_quantize import FakeQuantize
+from torchpqt.quant.trainable import frozen_copy
 
 from . import onnx as onnx_export  # relative: the folder exporters/ installs as torchpqt.exporters
 
@@ -113,6 +114,7 @@ def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, ta
     Raises:
         ExportError: the path is not ``.xml``, the export fails, or the check exceeds the tolerance.
     """
+    qmodel = frozen_copy(qmodel)  # trainable ranges: a frozen copy is exported and checked
     if target_device is None:
         config = getattr(qmodel, "torchpqt_config", None) or {}
         params = config.get("params", config) if isinstance(config, dict) else {}

@@ -15,6 +15,7 @@ from torchpqt.errors import (
     TorchPQTError,
 )
 from torchpqt.inputs import ModelInputs
+from torchpqt.qat import freeze_ranges, load, train_ranges
 from torchpqt.quant.fake_quantize import FakeQuantize
 from torchpqt.statistics.store import StatisticsStore
 
@@ -35,8 +36,11 @@ __all__ = [
     "__version__",
     "collect_statistics",
     "convert",
+    "freeze_ranges",
+    "load",
     "load_config",
     "plan",
     "prepare",
     "quantize",
+    "train_ranges",
 ]

@@ -17,6 +17,7 @@ from torchpqt._once import call_scope
 from torchpqt.algorithms import pipeline
 from torchpqt.calibration import CalibrationData, calibrate, check_statistics_finite
 from torchpqt.config import DefaultQuantizationConfig, load_config
+from torchpqt.converted import finalize
 from torchpqt.errors import TorchPQTError
 from torchpqt.inputs import ModelInputs
 from torchpqt.observer import collect, instrument, remove_probes
@@ -137,8 +138,7 @@ def convert(prepared: fx.GraphModule, calibration_data: Iterable | None = None, 
         qm.torchpqt_plan = qplan
         remove_probes(qm, schedule.stages[0].requests)
         qm, _ = pipeline.run(qm, schedule, store, cfg, data, progress=progress)
-        qm.graph.lint()
-        qm.recompile()
+        finalize(qm)
         del qm.torchpqt_fq_params  # the FakeQuantize modules hold the result
         qm.torchpqt_config = {"name": "DefaultQuantization", "params": cfg.to_dict(full=True)}
         return qm

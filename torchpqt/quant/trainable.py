@@ -77,6 +77,8 @@ modules: call :func:`freeze_ranges` after training. Exporting a trainable module
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -86,7 +88,7 @@ from torchpqt.errors import ConfigError
 from torchpqt.quant.fake_quantize import FakeQuantize
 from torchpqt.quant.range_param import MAX_LOG_SCALE
 
-__all__ = ["MAX_LOG_SCALE", "freeze_ranges", "named_trainable_ranges", "train_ranges", "trainable_ranges"]
+__all__ = ["MAX_LOG_SCALE", "freeze_ranges", "frozen_copy", "named_trainable_ranges", "train_ranges", "trainable_ranges"]
 
 Which = Literal["all", "scale", "min"]
 _NAMES = {"all": ("log_scale", "min_shift"), "scale": ("log_scale",), "min": ("min_shift",)}
@@ -164,3 +166,17 @@ def trainable_ranges(module: nn.Module, which: Which = "all") -> list[nn.Paramet
                                 {"params": trainable_ranges(qmodel, "min"), "lr": 1e-6}])
     """
     return [p for _, p in named_trainable_ranges(module, which)]
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """``module`` itself when no FakeQuantize in it has trainable ranges, else a deep copy with every
+    range frozen (what the exporters trace: ``module`` is never changed)."""
+    if not any(fq.ranges_trainable for _, fq in _fake_quantizes(module)):
+        return module
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
+        copied = copy.deepcopy(module)
+    for name, value in vars(module).items():  # a GraphModule's deepcopy drops torchpqt_config, torchpqt_plan
+        if name.startswith("torchpqt_") and not hasattr(copied, name):
+            setattr(copied, name, value)
+    return freeze_ranges(copied)
