@@ -73,7 +73,7 @@ def _boxes(count: int, shapes: list[tuple[int, int]]) -> list[tuple[int, int, in
         h, w = shapes[i]
         area = rng.uniform(0.3, 1.0) * h * w
         aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-        ch, cw = int(round(np.sqrt(area / aspect))), int(round(np.sqrt(area * aspect)))
+        ch, cw = round(float(np.sqrt(area / aspect))), round(float(np.sqrt(area * aspect)))
         if ch > h or cw > w:
             continue
         boxes.append((i, int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1)), ch, cw, bool(rng.integers(2))))
