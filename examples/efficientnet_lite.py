@@ -19,7 +19,6 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["BLOCKS", "EfficientNetLite", "efficientnet_lite0", "weights_path"]
@@ -38,39 +37,39 @@ def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 class ConvBN(nn.Module):
-    """Conv2d with TF "SAME" padding, BatchNorm (eps 1e-3), optional ReLU6.
+    """Conv2d with TF "SAME" padding for an input of ``size``×``size``, BatchNorm (eps 1e-3), optional ReLU6.
 
-    Symmetric padding goes into the convolution; only asymmetric padding (stride 2 on an even
-    size) is an explicit ``F.pad``, which OpenVINO fuses into the convolution again.
+    The padding is fixed at construction for the model's image size, as TF's static graph had it.
+    Symmetric padding goes into the convolution; only asymmetric padding (a stride-2 conv on an even
+    size) is an explicit zero pad, which OpenVINO fuses into the convolution again.
     """
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1,
+    def __init__(self, cin: int, cout: int, size: int, kernel: int = 1, stride: int = 1, groups: int = 1,
                  act: bool = True) -> None:
         super().__init__()
-        self.kernel, self.stride = kernel, stride
-        self.conv = nn.Conv2d(cin, cout, kernel, stride, groups=groups, bias=False)
+        before, after = _same_pads(size, kernel, stride)
+        self.pad = nn.ZeroPad2d((before, after, before, after)) if before != after else nn.Identity()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=before if before == after else 0,
+                              groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=BN_EPS)
         self.act = nn.ReLU6() if act else nn.Identity()
+        self.out_size = math.ceil(size / stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (top, bottom), (left, right) = (_same_pads(s, self.kernel, self.stride) for s in x.shape[-2:])
-        if (top, left) == (bottom, right):
-            y = F.conv2d(x, self.conv.weight, None, self.stride, (top, left), 1, self.conv.groups)
-        else:
-            y = self.conv(F.pad(x, (left, right, top, bottom)))
-        return self.act(self.bn(y))
+        return self.act(self.bn(self.conv(self.pad(x))))
 
 
 class MBConv(nn.Module):
     """Inverted residual without squeeze-excitation: [1x1 expand] → depthwise → 1x1 project (+ skip)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+    def __init__(self, cin: int, cout: int, size: int, kernel: int, stride: int, expand: int) -> None:
         super().__init__()
         mid = cin * expand
-        self.expand = ConvBN(cin, mid) if expand != 1 else None
-        self.dw = ConvBN(mid, mid, kernel, stride, groups=mid)
-        self.project = ConvBN(mid, cout, act=False)
+        self.expand = ConvBN(cin, mid, size) if expand != 1 else None
+        self.dw = ConvBN(mid, mid, size, kernel, stride, groups=mid)
+        self.project = ConvBN(mid, cout, self.dw.out_size, act=False)
         self.skip = stride == 1 and cin == cout
+        self.out_size = self.dw.out_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.expand(x) if self.expand is not None else x
@@ -79,17 +78,21 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """Stem 3→32 (3x3, stride 2), 16 MBConv blocks, head 320→1280 (1x1), average pool, classifier."""
+    """Stem 3→32 (3x3, stride 2), 16 MBConv blocks, head 320→1280 (1x1), average pool, classifier.
 
-    def __init__(self, num_classes: int = 1000, blocks=BLOCKS) -> None:
+    ``image_size`` fixes the "SAME" padding (224 for Lite0); the model expects that input size.
+    """
+
+    def __init__(self, num_classes: int = 1000, image_size: int = 224, blocks=BLOCKS) -> None:
         super().__init__()
-        self.stem = ConvBN(3, 32, 3, 2)
-        layers = []
+        self.stem = ConvBN(3, 32, image_size, 3, 2)
+        layers, size = [], self.stem.out_size
         for repeats, kernel, stride, expand, cin, cout in blocks:
             for i in range(repeats):
-                layers.append(MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand))
+                layers.append(MBConv(cin if i == 0 else cout, cout, size, kernel, stride if i == 0 else 1, expand))
+                size = layers[-1].out_size
         self.blocks = nn.Sequential(*layers)
-        self.head = ConvBN(blocks[-1][5], 1280)
+        self.head = ConvBN(blocks[-1][5], 1280, size)
         self.classifier = nn.Linear(1280, num_classes)  # dropout 0.2 in training: identity in eval
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
