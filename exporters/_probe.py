@@ -22,7 +22,7 @@ import openvino as ov
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from torchpqt.quant.fake_quantize import _dequantize
+from torchpqt.quant.fake_quantize import FakeQuantize, _dequantize
 
 from . import onnx as onnx_export
 from ._compare import FQStats, Tolerances, compare_fake_quantize
@@ -134,29 +134,34 @@ class TorchRun:
     stats: list[FQStats] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     not_compared: list[str] = field(default_factory=list)
+    module: str | None = None  # the FakeQuantize module running now, for messages
 
 
 class _Matcher:
-    """Finds the ONNX FakeQuantize node of a torch FakeQuantize call: same levels and ranges, in graph order."""
+    """Finds the ONNX FakeQuantize node of a torch FakeQuantize call: same levels and ranges, in graph order.
+
+    A node already matched is matched again only by a call on the same input (two identical calls that
+    torch.export merged into one node); a call with no node left is not in the exported graph.
+    """
 
     def __init__(self, nodes: list[FQNode]) -> None:
-        self.nodes, self.used, self.next = nodes, set(), 0
+        self.nodes, self.inputs, self.next = nodes, {}, 0
 
     def _fits(self, node: FQNode, levels: int, ranges: list[np.ndarray]) -> bool:
         if node.levels != levels:
             return False
         return node.ranges is None or all(_equal(a, b) for a, b in zip(node.ranges, ranges))
 
-    def match(self, levels: int, ranges: list[np.ndarray]) -> FQNode | None:
+    def match(self, levels: int, ranges: list[np.ndarray], x: torch.Tensor) -> FQNode | None:
         order = list(range(self.next, len(self.nodes))) + list(range(self.next))
         fitting = [i for i in order if self._fits(self.nodes[i], levels, ranges)]
-        fresh = [i for i in fitting if i not in self.used]
-        if not fitting:
-            return None
-        i = fresh[0] if fresh else fitting[0]  # a call torch.export merged with an identical one reuses its node
-        self.used.add(i)
-        self.next = max(self.next, i + 1)
-        return self.nodes[i]
+        fresh = [i for i in fitting if i not in self.inputs]
+        if fresh:
+            i = fresh[0]
+            self.inputs[i], self.next = x, max(self.next, i + 1)
+            return self.nodes[i]
+        same = [i for i in fitting if self.inputs[i].shape == x.shape and torch.equal(self.inputs[i], x)]
+        return self.nodes[same[0]] if same else None
 
 
 def _equal(a, b) -> bool:
@@ -180,11 +185,13 @@ class _FeedIRLevels(TorchDispatchMode):
     def _on_fake_quantize(self, args, out):
         x, il, ih, ol, oh, levels = args
         ranges_t = [t.detach().cpu().float().numpy() for t in (il, ih, ol, oh)]
-        node = self.matcher.match(int(levels), ranges_t)
+        node = self.matcher.match(int(levels), ranges_t, x)
+        module, self.run.module = self.run.module, None
         if node is None:
             if not isinstance(x, torch.nn.Parameter):
-                self.run.missing.append(f"a FakeQuantize with {levels} levels, ranges [{ranges_t[0].min():.4g}, "
-                                        f"{ranges_t[1].max():.4g}] is not in the exported graph")
+                what = f"'{module}'" if module else \
+                    f"with {levels} levels and range [{ranges_t[0].min():.4g}, {ranges_t[1].max():.4g}]"
+                self.run.missing.append(f"FakeQuantize {what} of the torch model is not in the exported graph")
             return out
         if node.constant:
             return out
@@ -208,8 +215,18 @@ def run_torch_fed(qmodel: torch.nn.Module, args: tuple, kwargs: dict, fq_nodes: 
                   probe: ProbeRun, tol: Tolerances) -> TorchRun:
     """Runs ``qmodel`` feeding each FakeQuantize's downstream with the IR's levels (see the module doc)."""
     run = TorchRun()
-    with onnx_export.eval_mode(qmodel), torch.no_grad(), _FeedIRLevels(_Matcher(fq_nodes), probe, run, tol):
-        out = qmodel(*args, **kwargs)
+
+    def enter(name):
+        return lambda module, inputs: setattr(run, "module", name)
+
+    hooks = [m.register_forward_pre_hook(enter(name)) for name, m in qmodel.named_modules()
+             if isinstance(m, FakeQuantize)]
+    try:
+        with onnx_export.eval_mode(qmodel), torch.no_grad(), _FeedIRLevels(_Matcher(fq_nodes), probe, run, tol):
+            out = qmodel(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
     leaves = torch.utils._pytree.tree_leaves(out)
     run.outputs = [t.detach().cpu().float().numpy() for t in leaves if isinstance(t, torch.Tensor)]
     return run

@@ -166,7 +166,7 @@ def _snap_weights(model: ov.Model) -> None:
         values = [_constant_value(op.input_value(i)) for i in range(5)]
         if any(v is None for v in values) or values[0].dtype != np.float32:
             continue
-        x, il, ih = (torch.from_numpy(np.ascontiguousarray(v)) for v in values[:3])
+        x, il, ih = (torch.from_numpy(np.array(v)) for v in values[:3])  # writable copies
         levels = int(op.get_attributes()["levels"])
         q = _levels(x, il, ih, levels).double()
         centre = il.double() + q * ((ih.double() - il.double()) / (levels - 1))
