@@ -112,7 +112,8 @@ def positions(x, il, ih, levels: int) -> np.ndarray:
     Ranges broadcast against ``x``; a channel with ``ih == il`` has position 0.
     """
     x, il, ih = _f64(x, il, ih)
-    return np.abs(np.clip(x, np.minimum(il, ih), np.maximum(il, ih)) - il) * _steps_per_unit(il, ih, levels)
+    u = np.abs(np.clip(x, np.minimum(il, ih), np.maximum(il, ih)) - il) * _steps_per_unit(il, ih, levels)
+    return np.minimum(u, levels - 1)
 
 
 def levels_of(y, ol, oh, levels: int) -> np.ndarray:
