@@ -16,9 +16,11 @@ deploys the IR) is reported: its SQNR against torch, argmax agreement, which wei
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
+import weakref
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,7 @@ def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, ta
         raise ExportError(f"torchpqt.exporters.openvino: path must end with .xml, got {str(path)!r}")
     xml.parent.mkdir(parents=True, exist_ok=True)
     model, fq_nodes = _convert(qmodel, example_inputs, dynamic_batch)
+    _FQ_TABLES[qmodel] = (_fingerprint(qmodel), fq_nodes)
     if compress_weights:
         compress_quantize_weights_transformation(model)
     model.set_friendly_name(type(qmodel).__name__)
@@ -110,9 +113,26 @@ def check(path: str | Path, qmodel: torch.nn.Module, example_inputs: Any, *, tar
         ExportError: naming each FakeQuantize (torch module path) that disagrees and how.
     """
     target_device = _target_device(qmodel, target_device)
-    proto = onnx_export.export_proto(qmodel, example_inputs, dynamic_batch=False)
-    return _check(Path(path), qmodel, example_inputs, target_device, _probe.name_fake_quantize_nodes(proto),
-                  tolerances or Tolerances())
+    fq_nodes = _FQ_TABLES.get(qmodel, (None, None))
+    if fq_nodes[0] != _fingerprint(qmodel):
+        proto = onnx_export.export_proto(qmodel, example_inputs, dynamic_batch=False)
+        fq_nodes = (_fingerprint(qmodel), _probe.name_fake_quantize_nodes(proto))
+    return _check(Path(path), qmodel, example_inputs, target_device, fq_nodes[1], tolerances or Tolerances())
+
+
+# export() remembers each model's FakeQuantize node table, so check() on the IR it just wrote needs no second
+# ONNX export (torch.export dominates the check's time); any change to a FakeQuantize invalidates the entry
+_FQ_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(qmodel: torch.nn.Module) -> str:
+    digest = hashlib.sha1()
+    for name, m in qmodel.named_modules():
+        if isinstance(m, FakeQuantize):
+            digest.update(f"{name}:{m.levels}".encode())
+            for t in (m.input_low, m.input_high, m.output_low, m.output_high):
+                digest.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _target_device(qmodel: torch.nn.Module, target_device: str | None) -> str:
