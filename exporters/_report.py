@@ -113,10 +113,12 @@ class ExportReport:
             if self.fake_quantize:
                 n = sum(s.elements for s in self.fake_quantize)
                 worst = max(self.fake_quantize, key=lambda s: s.flip_fraction)
+                most = max(s.max_level_difference for s in self.fake_quantize)
+                flips = "no level flipped" if not self.flips else (
+                    f"{self.flips} of {n} levels flipped by {'one' if most == 1 else f'up to {most}'} "
+                    f"(worst {worst.flip_fraction:.3%}, in '{worst.name}')")
                 lines.append(f"    {len(self.fake_quantize)} activation FakeQuantize: max input deviation "
-                             f"{self.max_input_deviation:.2g} steps; {self.flips} of {n} levels flipped "
-                             f"(max {max(s.max_level_difference for s in self.fake_quantize)} level; "
-                             f"worst {worst.flip_fraction:.3%} in '{worst.name}')")
+                             f"{self.max_input_deviation:.2g} steps; {flips}")
             if self.output_deviation is not None:
                 lines.append(f"    outputs: max deviation {self.output_deviation:.2g} of their range")
         if self.max_abs_diff is not None:
