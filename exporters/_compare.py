@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FQStats", "Tolerances", "compare_fake_quantize", "levels_of", "positions", "sqnr_db"]
+__all__ = ["FQStats", "Tolerances", "compare_fake_quantize", "levels_of", "max_relative_difference", "positions",
+           "sqnr_db"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def levels_of(y, ol, oh, levels: int) -> np.ndarray:
     y, ol, oh = _f64(y, ol, oh)
     width = oh - ol
     scale = np.divide(levels - 1, width, out=np.zeros_like(width), where=width != 0)
-    return np.clip(np.rint((y - ol) * scale), 0, levels - 1).astype(np.int64)
+    return np.clip(np.nan_to_num(np.rint((y - ol) * scale)), 0, levels - 1).astype(np.int64)  # NaN: level 0
 
 
 def compare_fake_quantize(name: str, levels: int, ir: tuple, torch_side: tuple, tol: Tolerances
@@ -141,9 +142,9 @@ def compare_fake_quantize(name: str, levels: int, ir: tuple, torch_side: tuple, 
     x_t, y_t, *r_t = torch_side
     u_ir, u_t = positions(x_ir, r_ir[0], r_ir[1], levels), positions(x_t, r_t[0], r_t[1], levels)
     q_ir, q_t = levels_of(y_ir, r_ir[2], r_ir[3], levels), levels_of(y_t, r_t[2], r_t[3], levels)
-    deviation, diff = np.abs(u_ir - u_t), np.abs(q_ir - q_t)
+    deviation, diff = _nan_aware(u_ir, u_t), np.abs(q_ir - q_t)
     # float32 rounding of the input, in steps of each element's channel
-    magnitude = float(np.abs(np.asarray(x_t, dtype=np.float64)).max(initial=0.0))
+    magnitude = float(np.abs(np.nan_to_num(np.asarray(x_t, dtype=np.float64), posinf=0.0, neginf=0.0)).max(initial=0.0))
     allowance = tol.float_allowance * float(np.finfo(np.float32).eps) * magnitude * _steps_per_unit(
         r_t[0], r_t[1], levels)
     stats = FQStats(name=name, levels=levels, elements=int(diff.size),
@@ -153,6 +154,19 @@ def compare_fake_quantize(name: str, levels: int, ir: tuple, torch_side: tuple, 
                     level_outliers=int(np.count_nonzero(diff > tol.max_level_difference + allowance)),
                     ranges_rewritten=not all(_same(a, b) for a, b in zip(r_ir, r_t)))
     return stats, q_ir
+
+
+def _nan_aware(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b|, 0 where both are NaN, inf where only one is."""
+    both = np.isnan(a) & np.isnan(b)
+    return np.where(both, 0.0, np.nan_to_num(np.abs(a - b), nan=np.inf))
+
+
+def max_relative_difference(output, reference) -> float:
+    """max |output - reference| / max |reference| (NaN where only one side is NaN counts as infinite)."""
+    out, ref = _f64(output, reference)
+    scale = float(np.abs(np.nan_to_num(ref)).max(initial=0.0))
+    return float(_nan_aware(out, ref).max(initial=0.0)) / max(scale, 1e-12)
 
 
 def _same(a, b) -> bool:

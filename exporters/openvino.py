@@ -39,7 +39,7 @@ from torchpqt.quant.fake_quantize import FakeQuantize, _levels
 
 from . import _probe
 from . import onnx as onnx_export  # relative: the folder exporters/ installs as torchpqt.exporters
-from ._compare import FQStats, Tolerances, sqnr_db
+from ._compare import FQStats, Tolerances, max_relative_difference, sqnr_db
 from ._report import ExportReport
 
 __all__ = ["WEIGHTED_LAYER_TYPES", "ExportReport", "FQStats", "Tolerances", "check", "export"]
@@ -190,6 +190,8 @@ def _snap_weights(model: ov.Model) -> None:
         levels = int(op.get_attributes()["levels"])
         q = _levels(x, il, ih, levels).double()
         centre = il.double() + q * ((ih.double() - il.double()) / (levels - 1))
+        keep = (ih == il) | ~torch.isfinite(centre)  # an empty range (an all-zero channel) has no levels
+        centre = torch.where(keep, x.double(), centre)
         op.input(0).replace_source_output(ov.opset13.constant(centre.float().numpy()).output(0))
 
 
@@ -248,7 +250,8 @@ def _check_layers(report: ExportReport, saved: ov.Model, qmodel: torch.nn.Module
     if not probe.simulated:
         logger.warning("this OpenVINO refuses LP_TRANSFORMS_MODE: the IR is checked with its int8 kernels")
     report.fake_quantize = fed.stats
-    report.output_deviation = max((_relative_max(o, t) for o, t in zip(probe.outputs, fed.outputs)), default=0.0)
+    report.output_deviation = max((max_relative_difference(o, t) for o, t in zip(probe.outputs, fed.outputs)),
+                                   default=0.0)
     report.sim_sqnr_db = min((sqnr_db(o, t) for o, t in zip(probe.outputs, reference)), default=None)
     report.max_abs_diff = max((_max_abs(o, t) for o, t in zip(probe.outputs, reference)), default=0.0)
     report.step = _output_step(saved)
@@ -297,10 +300,6 @@ def _same_count(ov_outputs: list, torch_outputs: list) -> None:
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max(initial=0.0))
-
-
-def _relative_max(a: np.ndarray, b: np.ndarray) -> float:
-    return _max_abs(a, b) / max(float(np.abs(b).max(initial=0.0)), 1e-12)
 
 
 def _top1(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float | None:

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torchpqt.exporters._compare import Tolerances, compare_fake_quantize, levels_of, positions, sqnr_db
+from torchpqt.exporters._compare import (
+    Tolerances,
+    compare_fake_quantize,
+    levels_of,
+    max_relative_difference,
+    positions,
+    sqnr_db,
+)
 
 TOL = Tolerances()
 
@@ -94,3 +101,14 @@ def test_sqnr_golden():
 def test_tolerances_validate():
     with pytest.raises(ValueError, match="max_flip_fraction"):
         Tolerances(max_flip_fraction=-1)
+
+
+def test_nan_on_one_side_only_is_infinitely_off():
+    x = np.array([0.5, np.nan, 1.0])
+    ir = _run(np.array([0.5, 0.7, np.nan]), 0.0, 2.0, 256)
+    stats, _ = compare_fake_quantize("fq", 256, ir, _run(x, 0.0, 2.0, 256), TOL)
+    assert stats.excess_deviation == float("inf") and stats.violations(TOL)
+    same, _ = compare_fake_quantize("fq", 256, _run(x, 0.0, 2.0, 256), _run(x, 0.0, 2.0, 256), TOL)
+    assert same.excess_deviation == 0.0
+    assert max_relative_difference(np.array([1.0, np.nan]), np.array([1.0, 2.0])) == float("inf")
+    assert max_relative_difference(np.array([1.0, np.nan]), np.array([2.0, np.nan])) == pytest.approx(0.5)

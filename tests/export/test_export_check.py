@@ -37,7 +37,8 @@ def test_good_irs_pass_the_default_check(tmp_path, name, min_int8_sqnr):
     report = ov_export.export(q, x, tmp_path / f"{name}.xml")
     _assert_agrees(report, min_int8_sqnr)
     text = str(report)
-    assert "layer by layer" in text and "levels flipped" in text and "int8 run vs torch: SQNR" in text
+    assert "layer by layer" in text and "activation FakeQuantize: max input deviation" in text
+    assert "int8 run vs torch: SQNR" in text
 
 
 def test_saturation_fixed_weights_compress_to_torchs_levels(tmp_path):
@@ -132,6 +133,14 @@ def _classifier_bias(model):  # the last layer: no FakeQuantize below it, the ou
     _set_const(add, 1, lambda b: b + 0.05 * np.abs(b).max())
 
 
+def _nan_bias(model):  # a NaN in a constant
+    def poison(b):
+        b = b.copy()
+        b.flat[0] = np.nan
+        return b
+    _set_const(_bias_add(model, 96), 1, poison)
+
+
 def _transposed_weight(model):  # the 16x16 pointwise conv of the first block with its weight transposed
     conv = _op(model, "Convolution", where=lambda op: op.get_input_partial_shape(1).to_shape() == [16, 16, 1, 1])
     convert = conv.input_value(1).get_node().input_value(0).get_node()
@@ -152,6 +161,7 @@ def test_check_of_the_untouched_ir_passes(good_ir, tmp_path):
     (_dropped_bias, r"input off by"),
     (_one_channel_bias, r"'blocks_1_dw_0__fq_input_0': input off by"),
     (_classifier_bias, r"outputs off by"),
+    (_nan_bias, r"'blocks_1_dw_0__fq_input_0': input off by inf steps"),
     (_transposed_weight, r"'blocks_0_dw_0__fq_input_0': input off by"),
 ], ids=lambda v: v.__name__.strip("_") if callable(v) else "")
 def test_tampered_ir_raises(good_ir, tmp_path, edit, message):
@@ -190,3 +200,26 @@ def test_fake_quantize_dropped_from_the_onnx_graph_raises(tmp_path, monkeypatch)
     monkeypatch.setattr(ov_export.onnx_export, "export_proto", dropping)
     with pytest.raises(ExportError, match="FakeQuantize 'cat__fq_input_1' of the torch model is not in the exported graph"):
         ov_export.export(q, x, tmp_path / "dropped.xml")
+
+
+class ZeroChannel(torch.nn.Module):
+    """A conv whose second output channel is all zeros (pruned): its weight range is empty."""
+
+    def __init__(self):
+        super().__init__()
+        w = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+        w[1] = 0
+        self.weight = torch.nn.Parameter(w)
+        m = w.abs().amax((1, 2, 3), keepdim=True)
+        from torchpqt.quant.fake_quantize import FakeQuantize
+        self.fq_x, self.fq_w = FakeQuantize(256, -2.0, 2.0 * 127 / 128), FakeQuantize(255, -m, m)
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(self.fq_x(x), self.fq_w(self.weight))
+
+
+def test_weight_channel_with_an_empty_range_keeps_its_zeros(tmp_path):
+    model, x = ZeroChannel(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    report = ov_export.export(model, x, tmp_path / "zero.xml", check=False)
+    out = ov.Core().compile_model(str(report.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x.numpy())[0]
+    assert np.isfinite(out).all() and np.abs(out[:, 1]).max() == 0
