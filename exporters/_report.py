@@ -72,6 +72,11 @@ class ExportReport:
         return sum(s.flips for s in self.fake_quantize)
 
     @property
+    def unexplained_flips(self) -> int:
+        """Flipped levels whose torch input was not near a rounding tie, over all activation FakeQuantize."""
+        return sum(s.unexplained_flips for s in self.fake_quantize)
+
+    @property
     def max_flip_fraction(self) -> float:
         return max((s.flip_fraction for s in self.fake_quantize), default=0.0)
 
@@ -115,8 +120,9 @@ class ExportReport:
                 worst = max(self.fake_quantize, key=lambda s: s.flip_fraction)
                 most = max(s.max_level_difference for s in self.fake_quantize)
                 flips = "no level flipped" if not self.flips else (
-                    f"{self.flips} of {n} levels flipped by {'one' if most == 1 else f'up to {most}'} "
-                    f"(worst {worst.flip_fraction:.3%}, in '{worst.name}')")
+                    f"{self.flips} of {n} levels flipped by {'one' if most == 1 else f'up to {most}'}, "
+                    f"{self.unexplained_flips} away from a rounding tie (worst {worst.flip_fraction:.3%}, "
+                    f"in '{worst.name}')")
                 lines.append(f"    {len(self.fake_quantize)} activation FakeQuantize: max input deviation "
                              f"{self.max_input_deviation:.2g} steps; {flips}")
             if self.output_deviation is not None:

@@ -46,9 +46,17 @@ def test_a_tie_that_flips_is_one_level_and_within_tolerance():
     ir = (x, np.array([0.0, 2 / 255, 2 / 255]), 0.0, 2.0, 0.0, 2.0)   # the IR rounded it up
     torch_side = (x, np.array([0.0, 0.0, 2 / 255]), 0.0, 2.0, 0.0, 2.0)
     stats, _ = compare_fake_quantize("fq", 256, ir, torch_side, TOL)
-    assert (stats.flips, stats.max_level_difference, stats.level_outliers, stats.input_deviation) == (1, 1, 0, 0.0)
-    assert stats.flip_fraction == pytest.approx(1 / 3)
-    assert stats.violations(TOL) == [f"{1 / 3:.2%} of levels differ (max 1.00%)"]
+    assert (stats.flips, stats.unexplained_flips, stats.max_level_difference, stats.level_outliers) == (1, 0, 1, 0)
+    assert stats.flip_fraction == pytest.approx(1 / 3) and stats.input_deviation == 0.0
+    assert not stats.violations(TOL)
+
+
+def test_a_flip_away_from_a_tie_is_caught():
+    x = np.array([0.0, 0.2, 1.0]) * 2 / 255        # position 0.2: level 0 on any hardware
+    ir = (x, np.array([0.0, 2 / 255, 2 / 255]), 0.0, 2.0, 0.0, 2.0)
+    stats, _ = compare_fake_quantize("fq", 256, ir, _run(x, 0.0, 2.0, 256), TOL)
+    assert (stats.flips, stats.unexplained_flips, stats.level_outliers) == (1, 1, 0)
+    assert stats.violations(TOL) == [f"{1 / 3:.2%} of levels differ away from a rounding tie (max 1.00%)"]
     assert not stats.violations(Tolerances(max_flip_fraction=0.5))
 
 
