@@ -104,10 +104,10 @@ def check(path: str | Path, qmodel: torch.nn.Module, example_inputs: Any, *, tar
 
     Layer by layer, on the IR with FakeQuantize simulated in f32 and torch fed the IR's levels at every
     FakeQuantize: every activation FakeQuantize of torch is in the IR; its input position differs by at
-    most ``max_input_deviation`` steps, no level by more than ``max_level_difference`` and at most
-    ``max_flip_fraction`` of its levels; the outputs are within ``output_rtol`` of their range. The
-    end-to-end SQNR of that run and of the int8 run are reported, not judged. GNA targets are checked
-    structurally (no GNA plugin exists).
+    most ``max_input_deviation`` steps beyond float rounding, no level by more than ``max_level_difference``
+    and at most ``max_flip_fraction`` of its levels away from a rounding tie; the outputs are within
+    ``output_rtol`` of their range. The end-to-end SQNR of that run and of the int8 run are reported, not
+    judged. GNA targets are checked structurally (no GNA plugin exists).
 
     Raises:
         ExportError: naming each FakeQuantize (torch module path) that disagrees and how.
