@@ -95,3 +95,107 @@ def image_crops(count: int, split: str = "calibration", size: int = 224) -> list
         crop = _resize(images[i][:, top:top + h, left:left + w], size)
         out.append(normalize(crop.flip(-1) if mirrored else crop)[None])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the example scripts: command line, OpenVINO inference, timing, the result table.
+
+
+def example_args(doc: str, name: str):
+    """``--quick`` and ``--output-dir`` (default ``results/<name>``), parsed from the command line."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer samples and steps (for tests)")
+    ap.add_argument("--output-dir", default=f"results/{name}", help="where the IR and metrics.json go")
+    return ap.parse_args()
+
+
+def quiet_logging() -> None:
+    """torchpqt's INFO messages (what it quantized, the export report) on stderr; third parties at WARNING."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("torchpqt").setLevel(logging.INFO)
+
+
+def compile_ir(xml, device: str = "CPU"):
+    """Compile an IR with f32 inference for the non-quantized ops (the CPU plugin's default may be bf16)."""
+    import openvino as ov
+
+    return ov.Core().compile_model(str(xml), device, {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def run_ir(compiled, *inputs) -> list[torch.Tensor]:
+    """Run a compiled IR on torch tensors; its outputs as torch tensors, in order."""
+    result = compiled([x.numpy() for x in inputs])
+    return [torch.from_numpy(result[out].copy()) for out in compiled.outputs]
+
+
+def latency_ms(compiled, *inputs, repeats: int = 20) -> float:
+    """Median wall time of one synchronous inference, in milliseconds (after two warm-up runs)."""
+    import time
+
+    request = compiled.create_infer_request()
+    feed = [x.numpy() for x in inputs]
+    for _ in range(2):
+        request.infer(feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        request.infer(feed)
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
+
+
+def export_fp32_ir(model: torch.nn.Module, example, xml) -> None:
+    """The FP32 model as an IR (for the latency comparison), through the same ONNX route as the int8 one."""
+    import openvino as ov
+    from torchpqt.exporters import onnx as onnx_export
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="example_") as tmp:
+        path = onnx_export.export(model, example, Path(tmp) / "fp32.onnx", dynamic_batch=True)
+        ov.save_model(ov.Core().read_model(str(path)), str(xml), compress_to_fp16=False)
+
+
+def cpu_isa() -> str:
+    """The widest int8 instruction set of this CPU, as printed next to latency figures."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown"
+    for flag, name in (("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx512f", "AVX512"),
+                       ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2")):
+        if f" {flag}" in flags:
+            return name
+    return "SSE"
+
+
+def sqnr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio of ``other`` against ``reference``, in dB."""
+    noise = (other.double() - reference.double()).pow(2).mean()
+    return float(10 * torch.log10(reference.double().pow(2).mean() / noise.clamp_min(1e-30)))
+
+
+def report(output_dir, metric: str, fp32: float, int8: float, seconds_quantize: float, *,
+           higher_is_better: bool = True, **extra) -> dict:
+    """Print the FP32 vs int8 table and write ``metrics.json`` to ``output_dir``; returns the record."""
+    import json
+    from pathlib import Path
+
+    record = {"metric": metric, "higher_is_better": higher_is_better, "fp32": fp32, "int8": int8,
+              "seconds_quantize": round(seconds_quantize, 2), **extra}
+    rows = [(metric, f"{fp32:.4f}", f"{int8:.4f}")]
+    rows += [(k, "", f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in extra.items()]
+    rows.append(("seconds to quantize", "", f"{seconds_quantize:.1f}"))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'':<{width}}  {'FP32 torch':>12}  {'int8 IR':>12}")
+    for name, a, b in rows:
+        print(f"{name:<{width}}  {a:>12}  {b:>12}")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwrote {out / 'metrics.json'}")
+    return record
