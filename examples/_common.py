@@ -199,3 +199,23 @@ def report(output_dir, metric: str, fp32: float, int8: float, seconds_quantize: 
     (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nwrote {out / 'metrics.json'}")
     return record
+
+
+def dice(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Dice coefficient 2|A∩B| / (|A|+|B|) of two boolean masks (any shape), over the whole set."""
+    pred, target = pred.bool(), target.bool()
+    total = pred.sum() + target.sum()
+    return 1.0 if total == 0 else float(2 * (pred & target).sum() / total)
+
+
+def fit(model: torch.nn.Module, batch_fn, loss_fn, steps: int, lr: float = 3e-3) -> torch.nn.Module:
+    """Train ``model`` for ``steps`` Adam steps on ``batch_fn(step) -> (x, y)``; returns it in eval mode."""
+    torch.manual_seed(0)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for step in range(steps):
+        x, y = batch_fn(step)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return model.eval()
