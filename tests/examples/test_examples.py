@@ -86,3 +86,13 @@ def test_segmentation_medical(tmp_path):
     # Dice of the 2D U-Net on 16 synthetic microscopy images: int8 within 0.02 of FP32
     assert m["fp32"] >= 0.9
     assert m["int8"] >= m["fp32"] - 0.02
+
+
+def test_speech_gna(tmp_path):
+    m = run_example("speech_gna.py", tmp_path)
+    # 200 synthetic utterances, 6 keywords: the IR on CPU and the torch fake-quant model (GNA's exact
+    # 16-bit grid) both within 2 points of FP32; the export's structural GNA check passed (rc 0)
+    assert m["fp32"] >= 0.9
+    assert m["int8"] >= m["fp32"] - 0.02
+    assert m["int8_torch_fake_quant"] >= m["fp32"] - 0.02
+    assert list(tmp_path.glob("tdnn_gna.xml"))
