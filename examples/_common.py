@@ -219,3 +219,21 @@ def fit(model: torch.nn.Module, batch_fn, loss_fn, steps: int, lr: float = 3e-3)
         loss_fn(model(x), y).backward()
         opt.step()
     return model.eval()
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of boxes ``(N, 4)`` and ``(M, 4)`` given as (x1, y1, x2, y2): an ``(N, M)`` matrix."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clamp_min(0).prod(-1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter).clamp_min(1e-9)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
+    """Indices of the boxes greedy non-maximum suppression keeps, best first."""
+    order, keep = scores.argsort(descending=True), []
+    while order.numel():
+        keep.append(int(order[0]))
+        order = order[1:][box_iou(boxes[order[:1]], boxes[order[1:]])[0] <= iou]
+    return torch.tensor(keep, dtype=torch.long)

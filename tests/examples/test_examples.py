@@ -103,3 +103,11 @@ def test_segmentation_3d(tmp_path):
     # Dice of the 3D U-Net (Conv3d, ConvTranspose3d) on 8 synthetic volumes: int8 within 0.03 of FP32
     assert m["fp32"] >= 0.8
     assert m["int8"] >= m["fp32"] - 0.03
+
+
+@pytest.mark.slow
+def test_detection(tmp_path):
+    m = run_example("detection.py", tmp_path)
+    # mAP@0.5 of the single-shot detector on 64 procedural scenes (3 classes): int8 within 0.05 of FP32
+    assert m["fp32"] >= 0.6
+    assert m["int8"] >= m["fp32"] - 0.05
