@@ -237,3 +237,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
         keep.append(int(order[0]))
         order = order[1:][box_iou(boxes[order[:1]], boxes[order[1:]])[0] <= iou]
     return torch.tensor(keep, dtype=torch.long)
+
+
+def calibration_crops(count: int = 300) -> list[torch.Tensor]:
+    """The classification example's calibration set (for the CLI config examples/configs/classification.json)."""
+    return image_crops(count, "calibration")

@@ -111,3 +111,12 @@ def test_detection(tmp_path):
     # mAP@0.5 of the single-shot detector on 64 procedural scenes (3 classes): int8 within 0.05 of FP32
     assert m["fp32"] >= 0.6
     assert m["int8"] >= m["fp32"] - 0.05
+
+
+@pytest.mark.slow
+def test_face_detection(tmp_path):
+    needs("facenet_pytorch")  # pip install --no-deps facenet-pytorch (weights only; its pins break torch)
+    m = run_example("face_detection.py", tmp_path)
+    # the MTCNN cascade finds Grace Hopper's face in FP32 and int8, and the int8 box overlaps it (IoU >= 0.7)
+    assert m["faces_fp32"] >= 1 and m["faces_matched_iou50"] == m["faces_fp32"]
+    assert m["int8"] >= 0.7
