@@ -10,6 +10,7 @@ applies ImageNet's mean and std.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -150,10 +151,10 @@ def latency_ms(compiled, *inputs, repeats: int = 20) -> float:
 
 def export_fp32_ir(model: torch.nn.Module, example, xml) -> None:
     """The FP32 model as an IR (for the latency comparison), through the same ONNX route as the int8 one."""
+    import tempfile
+
     import openvino as ov
     from torchpqt.exporters import onnx as onnx_export
-    import tempfile
-    from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="example_") as tmp:
         path = onnx_export.export(model, example, Path(tmp) / "fp32.onnx", dynamic_batch=True)
@@ -163,7 +164,7 @@ def export_fp32_ir(model: torch.nn.Module, example, xml) -> None:
 def cpu_isa() -> str:
     """The widest int8 instruction set of this CPU, as printed next to latency figures."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "unknown"
     for flag, name in (("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx512f", "AVX512"),
@@ -183,7 +184,6 @@ def report(output_dir, metric: str, fp32: float, int8: float, seconds_quantize: 
            higher_is_better: bool = True, **extra) -> dict:
     """Print the FP32 vs int8 table and write ``metrics.json`` to ``output_dir``; returns the record."""
     import json
-    from pathlib import Path
 
     record = {"metric": metric, "higher_is_better": higher_is_better, "fp32": fp32, "int8": int8,
               "seconds_quantize": round(seconds_quantize, 2), **extra}
@@ -226,7 +226,7 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     lt = torch.maximum(a[:, None, :2], b[None, :, :2])
     rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = (rb - lt).clamp_min(0).prod(-1)
-    area = lambda x: (x[:, 2:] - x[:, :2]).clamp_min(0).prod(-1)  # noqa: E731
+    area = lambda x: (x[:, 2:] - x[:, :2]).clamp_min(0).prod(-1)
     return inter / (area(a)[:, None] + area(b)[None, :] - inter).clamp_min(1e-9)
 
 

@@ -16,19 +16,18 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is in the wheel: never reach the Hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import importlib  # noqa: E402
-import inspect  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import importlib
+import inspect
+import logging
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import _common as common  # examples/_common.py: OpenVINO helpers, the result table
+import torch
+from torch import nn
+from torchpqt.exporters import openvino as ov_export
 
-import torchpqt  # noqa: E402
-from torchpqt.exporters import openvino as ov_export  # noqa: E402
-
-import _common as common  # noqa: E402  examples/_common.py: OpenVINO helpers, the result table
+import torchpqt
 
 LABELS = {"decimal": ["decimal"], "logging": ["logging"], "archives": ["tarfile", "zipfile"],
           "paths": ["pathlib", "os", "shutil"], "typing": ["typing"], "inspect": ["inspect"]}

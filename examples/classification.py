@@ -12,13 +12,12 @@ plus the SQNR of its logits and the IR's CPU latency int8 vs FP32.
 import time
 from pathlib import Path
 
+import _common as common  # examples/_common.py: photos, IR helpers, the result table
 import torch
-
-import torchpqt
+from efficientnet_lite import efficientnet_lite0
 from torchpqt.exporters import openvino as ov_export
 
-import _common as common  # examples/_common.py: photos, IR helpers, the result table
-from efficientnet_lite import efficientnet_lite0
+import torchpqt
 
 # POT's DefaultQuantization for a CNN on CPU: the "performance" preset (symmetric int8 weights per
 # channel and activations per tensor), ranges from 300 calibration samples (fewer with --quick).

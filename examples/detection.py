@@ -14,13 +14,12 @@ import math
 import time
 from pathlib import Path
 
+import _common as common  # examples/_common.py: training loop, IoU/NMS, OpenVINO helpers, the table
 import torch
 from torch import nn
-
-import torchpqt
 from torchpqt.exporters import openvino as ov_export
 
-import _common as common  # examples/_common.py: training loop, IoU/NMS, OpenVINO helpers, the table
+import torchpqt
 
 SIZE, STRIDE, CLASSES = 64, 8, 3
 GRID = SIZE // STRIDE

@@ -19,14 +19,13 @@ import time
 from importlib import util
 from pathlib import Path
 
+import _common as common  # examples/_common.py: photos, NMS/IoU, OpenVINO helpers, the result table
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import torchpqt
 from torchpqt.exporters import openvino as ov_export
 
-import _common as common  # examples/_common.py: photos, NMS/IoU, OpenVINO helpers, the result table
+import torchpqt
 
 THRESHOLDS, MIN_FACE, FACTOR = (0.6, 0.7, 0.7), 20, 0.709
 

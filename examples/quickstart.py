@@ -10,13 +10,12 @@ FP32 model on photos it was not calibrated on, and how much faster it runs on th
 import time
 from pathlib import Path
 
+import _common as common  # examples/_common.py: shipped photos, OpenVINO helpers
 import torch
-
-import torchpqt
+from efficientnet_lite import efficientnet_lite0
 from torchpqt.exporters import openvino as ov_export
 
-import _common as common  # examples/_common.py: shipped photos, OpenVINO helpers
-from efficientnet_lite import efficientnet_lite0
+import torchpqt
 
 args = common.example_args(__doc__, "quickstart")   # --quick (16 photos), --output-dir
 common.quiet_logging()                                # torchpqt's own INFO lines only

@@ -11,13 +11,12 @@ level (Conv3d blocks, max pooling, a ConvTranspose3d and a skip connection) and 
 import time
 from pathlib import Path
 
+import _common as common  # examples/_common.py: training loop, Dice, OpenVINO helpers, the result table
 import torch
 from torch import nn
-
-import torchpqt
 from torchpqt.exporters import openvino as ov_export
 
-import _common as common  # examples/_common.py: training loop, Dice, OpenVINO helpers, the result table
+import torchpqt
 
 SIZE = 24
 

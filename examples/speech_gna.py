@@ -18,13 +18,12 @@ levels: the table also shows the torch fake-quant model, which computes GNA's gr
 import time
 from pathlib import Path
 
+import _common as common  # examples/_common.py: training loop, OpenVINO helpers, the result table
 import torch
 from torch import nn
-
-import torchpqt
 from torchpqt.exporters import openvino as ov_export
 
-import _common as common  # examples/_common.py: training loop, OpenVINO helpers, the result table
+import torchpqt
 
 BANDS, FRAMES, KEYWORDS = 40, 49, 6
 
