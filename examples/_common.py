@@ -103,13 +103,16 @@ def image_crops(count: int, split: str = "calibration", size: int = 224) -> list
 
 
 def example_args(doc: str, name: str):
-    """``--quick`` and ``--output-dir`` (default ``results/<name>``), parsed from the command line."""
+    """``--quick`` and ``--output-dir`` (default ``results/<name>``), parsed from the command line; seeds torch
+    so that models built and trained in a script are the same on every run."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer samples and steps (for tests)")
     ap.add_argument("--output-dir", default=f"results/{name}", help="where the IR and metrics.json go")
-    return ap.parse_args()
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    return args
 
 
 def quiet_logging() -> None:
@@ -242,3 +245,13 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
 def calibration_crops(count: int = 300) -> list[torch.Tensor]:
     """The classification example's calibration set (for the CLI config examples/configs/classification.json)."""
     return image_crops(count, "calibration")
+
+
+def ir_latencies(model: torch.nn.Module, example, int8_xml) -> dict[str, float]:
+    """Latency of the FP32 model's IR (written next to the int8 one) and of the int8 IR, for one ``example``."""
+    example = example if isinstance(example, tuple) else (example,)
+    fp32_xml = Path(int8_xml).with_name(Path(int8_xml).stem + "_fp32.xml")
+    export_fp32_ir(model, example if len(example) > 1 else example[0], fp32_xml)
+    fp32 = latency_ms(compile_ir(fp32_xml), *example)
+    int8 = latency_ms(compile_ir(int8_xml), *example)
+    return {"latency_ms_fp32_ir": fp32, "latency_ms_int8_ir": int8, "speedup": fp32 / int8, "cpu_isa": cpu_isa()}

@@ -142,7 +142,8 @@ def main() -> None:
 
     common.report(out, "accuracy", fp32, results["transformer"][0], results["transformer"][1],
                   int8_without_model_type=results["none"][0], seconds_quantize_without=results["none"][1],
-                  test_samples=len(test_y), train_samples=len(train_y), classes=len(LABELS))
+                  test_samples=len(test_y), train_samples=len(train_y), classes=len(LABELS),
+                  **common.ir_latencies(model, calibration[0], out / "minilm_int8_transformer.xml"))
 
 
 if __name__ == "__main__":

@@ -161,7 +161,8 @@ def main() -> None:
     with torch.no_grad():
         fp32 = mean_ap(decode(model(test_x)), test_t)
     int8 = mean_ap(decode(common.run_ir(common.compile_ir(xml), test_x)[0]), test_t)
-    common.report(out, "mAP@0.5", fp32, int8, seconds, test_images=n_eval, train_steps=steps)
+    common.report(out, "mAP@0.5", fp32, int8, seconds, test_images=n_eval, train_steps=steps,
+                  **common.ir_latencies(model, calibration[0], xml))
 
 
 if __name__ == "__main__":

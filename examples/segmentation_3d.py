@@ -91,7 +91,8 @@ def main() -> None:
     with torch.no_grad():
         fp32 = common.dice(model(test_x) > 0, test_y)
     int8 = common.dice(common.run_ir(common.compile_ir(xml), test_x)[0] > 0, test_y)
-    common.report(out, "Dice", fp32, int8, seconds, test_volumes=n_eval, train_steps=steps)
+    common.report(out, "Dice", fp32, int8, seconds, test_volumes=n_eval, train_steps=steps,
+                  **common.ir_latencies(model, calibration[0], xml))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def main() -> None:
         fp32, fake_quant = accuracy(model(test_x)), accuracy(qmodel(test_x))
     int8 = accuracy(common.run_ir(common.compile_ir(xml), test_x)[0])
     common.report(out, "accuracy", fp32, int8, seconds, int8_torch_fake_quant=fake_quant,
-                  test_utterances=n_eval)
+                  test_utterances=n_eval, **common.ir_latencies(model, calibration[0], xml))
 
 
 if __name__ == "__main__":
