@@ -77,7 +77,7 @@ def main() -> None:
     args = common.example_args(__doc__, "segmentation_medical")
     common.quiet_logging()
     out = Path(args.output_dir)
-    steps, n_eval = (60, 16) if args.quick else (400, 64)
+    steps, n_eval = (100, 16) if args.quick else (400, 64)
 
     train_x, train_y = microscopy(512, seed=1)
     model = common.fit(UNet(), lambda s: (train_x[s % 64 * 8:][:8], train_y[s % 64 * 8:][:8].float()),
