@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))  # the scripts import _common by name
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
-import _common as common
-from detection import CLASSES, mean_ap
+
+def _load(name: str, module_name: str):
+    """Import examples/<name>.py by path (the scripts import ``_common`` by name, as when run from examples/),
+    without putting examples/ on sys.path, where its models.py and data.py would shadow the tests' own."""
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+common = _load("_common", "_common")
+detection = _load("detection", "examples_detection")
+CLASSES, mean_ap = detection.CLASSES, detection.mean_ap
 
 
 def test_dice_by_hand():
