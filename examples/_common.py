@@ -10,6 +10,7 @@ applies ImageNet's mean and std.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,3 +96,162 @@ def image_crops(count: int, split: str = "calibration", size: int = 224) -> list
         crop = _resize(images[i][:, top:top + h, left:left + w], size)
         out.append(normalize(crop.flip(-1) if mirrored else crop)[None])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the example scripts: command line, OpenVINO inference, timing, the result table.
+
+
+def example_args(doc: str, name: str):
+    """``--quick`` and ``--output-dir`` (default ``results/<name>``), parsed from the command line; seeds torch
+    so that models built and trained in a script are the same on every run."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer samples and steps (for tests)")
+    ap.add_argument("--output-dir", default=f"results/{name}", help="where the IR and metrics.json go")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    return args
+
+
+def quiet_logging() -> None:
+    """torchpqt's INFO messages (what it quantized, the export report) on stderr; third parties at WARNING."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("torchpqt").setLevel(logging.INFO)
+
+
+def compile_ir(xml, device: str = "CPU"):
+    """Compile an IR with f32 inference for the non-quantized ops (the CPU plugin's default may be bf16)."""
+    import openvino as ov
+
+    return ov.Core().compile_model(str(xml), device, {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def run_ir(compiled, *inputs) -> list[torch.Tensor]:
+    """Run a compiled IR on torch tensors; its outputs as torch tensors, in order."""
+    result = compiled([x.numpy() for x in inputs])
+    return [torch.from_numpy(result[out].copy()) for out in compiled.outputs]
+
+
+def latency_ms(compiled, *inputs, repeats: int = 20) -> float:
+    """Median wall time of one synchronous inference, in milliseconds (after two warm-up runs)."""
+    import time
+
+    request = compiled.create_infer_request()
+    feed = [x.numpy() for x in inputs]
+    for _ in range(2):
+        request.infer(feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        request.infer(feed)
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
+
+
+def export_fp32_ir(model: torch.nn.Module, example, xml) -> None:
+    """The FP32 model as an IR (for the latency comparison), through the same ONNX route as the int8 one."""
+    import tempfile
+
+    import openvino as ov
+    from torchpqt.exporters import onnx as onnx_export
+
+    with tempfile.TemporaryDirectory(prefix="example_") as tmp:
+        path = onnx_export.export(model, example, Path(tmp) / "fp32.onnx", dynamic_batch=True)
+        ov.save_model(ov.Core().read_model(str(path)), str(xml), compress_to_fp16=False)
+
+
+def cpu_isa() -> str:
+    """The widest int8 instruction set of this CPU, as printed next to latency figures."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    for flag, name in (("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx512f", "AVX512"),
+                       ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2")):
+        if f" {flag}" in flags:
+            return name
+    return "SSE"
+
+
+def sqnr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio of ``other`` against ``reference``, in dB."""
+    noise = (other.double() - reference.double()).pow(2).mean()
+    return float(10 * torch.log10(reference.double().pow(2).mean() / noise.clamp_min(1e-30)))
+
+
+def report(output_dir, metric: str, fp32: float, int8: float, seconds_quantize: float, *,
+           higher_is_better: bool = True, **extra) -> dict:
+    """Print the FP32 vs int8 table and write ``metrics.json`` to ``output_dir``; returns the record."""
+    import json
+
+    record = {"metric": metric, "higher_is_better": higher_is_better, "fp32": fp32, "int8": int8,
+              "seconds_quantize": round(seconds_quantize, 2), **extra}
+    rows = [(metric, f"{fp32:.4f}", f"{int8:.4f}")]
+    rows += [(k, "", f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in extra.items()]
+    rows.append(("seconds to quantize", "", f"{seconds_quantize:.1f}"))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'':<{width}}  {'FP32 torch':>12}  {'int8 IR':>12}")
+    for name, a, b in rows:
+        print(f"{name:<{width}}  {a:>12}  {b:>12}")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwrote {out / 'metrics.json'}")
+    return record
+
+
+def dice(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Dice coefficient 2|A∩B| / (|A|+|B|) of two boolean masks (any shape), over the whole set."""
+    pred, target = pred.bool(), target.bool()
+    total = pred.sum() + target.sum()
+    return 1.0 if total == 0 else float(2 * (pred & target).sum() / total)
+
+
+def fit(model: torch.nn.Module, batch_fn, loss_fn, steps: int, lr: float = 3e-3) -> torch.nn.Module:
+    """Train ``model`` for ``steps`` Adam steps on ``batch_fn(step) -> (x, y)``; returns it in eval mode."""
+    torch.manual_seed(0)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for step in range(steps):
+        x, y = batch_fn(step)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of boxes ``(N, 4)`` and ``(M, 4)`` given as (x1, y1, x2, y2): an ``(N, M)`` matrix."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clamp_min(0).prod(-1)
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter).clamp_min(1e-9)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
+    """Indices of the boxes greedy non-maximum suppression keeps, best first."""
+    order, keep = scores.argsort(descending=True), []
+    while order.numel():
+        keep.append(int(order[0]))
+        order = order[1:][box_iou(boxes[order[:1]], boxes[order[1:]])[0] <= iou]
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def calibration_crops(count: int = 300) -> list[torch.Tensor]:
+    """The classification example's calibration set (for the CLI config examples/configs/classification.json)."""
+    return image_crops(count, "calibration")
+
+
+def ir_latencies(model: torch.nn.Module, example, int8_xml) -> dict[str, float]:
+    """Latency of the FP32 model's IR (written next to the int8 one) and of the int8 IR, for one ``example``."""
+    example = example if isinstance(example, tuple) else (example,)
+    fp32_xml = Path(int8_xml).with_name(Path(int8_xml).stem + "_fp32.xml")
+    export_fp32_ir(model, example if len(example) > 1 else example[0], fp32_xml)
+    fp32 = latency_ms(compile_ir(fp32_xml), *example)
+    int8 = latency_ms(compile_ir(int8_xml), *example)
+    return {"latency_ms_fp32_ir": fp32, "latency_ms_int8_ir": int8, "speedup": fp32 / int8, "cpu_isa": cpu_isa()}

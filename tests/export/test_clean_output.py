@@ -51,10 +51,10 @@ def test_quickstart_prints_only_torchpqt_lines(tmp_path):
     pytest.importorskip("openvino")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, str(REPO / "examples" / "quickstart.py"), "--output-dir", str(tmp_path)]
+    cmd = [sys.executable, str(REPO / "examples" / "quickstart.py"), "--quick", "--output-dir", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "small_cnn.xml").is_file()
+    assert (tmp_path / "efficientnet_lite0_int8.xml").is_file()
     assert "INFO torchpqt: wrote OpenVINO IR" in proc.stderr
     assert foreign_lines(proc.stderr) == [], proc.stderr
 
