@@ -132,7 +132,7 @@ def test_tuned_model_keeps_placement_and_frozen_ranges():
     model, data = tiny_cnn(), calibration_data("tiny_cnn", 24)
     plain = torchpqt.quantize(model, data, progress=False)
     tuned = _tuned(model, data, **FAST, **LRS, **{"weight_fq.scale_lr": 1e-3, "input_fq.scale_lr": 1e-3})
-    names = lambda m: [n for n, s in m.named_modules() if isinstance(s, FakeQuantize)]  # noqa: E731
+    names = lambda m: [n for n, s in m.named_modules() if isinstance(s, FakeQuantize)]
     assert names(tuned) == names(plain)
     assert not any(fq.ranges_trainable for fq in tuned.modules() if isinstance(fq, FakeQuantize))
     assert not any(p.requires_grad for p in tuned.parameters())
