@@ -187,7 +187,7 @@ def test_tuned_model_exports_and_the_ir_matches_torch(tmp_path):
     model, data = tiny_cnn(), calibration_data("tiny_cnn", 24)
     tuned = _tuned(model, data, **FAST, **LRS, **{"weight_fq.scale_lr": 1e-3, "input_fq.scale_lr": 1e-3})
     example = torch.cat(calibration_data("tiny_cnn", 4, seed=9))
-    report = ov_export.export(tuned, example, tmp_path / "tuned.xml", check=False)
+    report = ov_export.export(tuned, example, tmp_path / "tuned.xml")  # raises if the check fails
     compiled = ov.Core().compile_model(str(report.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     out = compiled([example.numpy()])[0]
     with torch.no_grad():

@@ -228,7 +228,7 @@ def _guard(models: _Models, units: list[Unit], params: list[_Params], holdout, c
             logger.info("layerwise tuning: %s: held-out loss rose %.6g -> %.6g; its parameters are restored",
                         u.name, b, a)
         else:
-            logger.info("layerwise tuning: %s: held-out loss %.6g -> %.6g", u.name, b, a)
+            logger.debug("layerwise tuning: %s: held-out loss %.6g -> %.6g", u.name, b, a)
         report[u.name] = {"loss_before": b, "loss_after": b if restored else a, "restored": restored}
 
 
@@ -332,6 +332,11 @@ def tune(qm: fx.GraphModule, plan, data, cfg) -> fx.GraphModule:
                 _guard(models, units, params, holdout, tcfg, report)
     finally:
         _write_back(qm, plan)
+    if report:
+        before = sum(r["loss_before"] for r in report.values())
+        after = sum(r["loss_after"] for r in report.values())
+        logger.info("layerwise tuning: summed held-out local loss %.6g -> %.6g; %d of %d units restored",
+                    before, after, sum(r["restored"] for r in report.values()), len(report))
     qm.torchpqt_tuning = report
     return qm
 
