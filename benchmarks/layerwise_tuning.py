@@ -12,7 +12,7 @@ each ``quantize()`` took relative to the one without tuning ("calibration").
   packages ship (examples/efficientnet_lite.py; disjoint calibration and evaluation crops).
 
     python benchmarks/layerwise_tuning.py [--models digits effnet] [--calibration 300] [--evaluation 100]
-        [--tuning-samples 5000] [--batch-size 25] [--lr-scale 1]
+        [--tuning-samples 5000] [--batch-size 25] [--lr-scale 1] [--bits 8 4] [--modes simultaneous sequential]
 
 ``--tuning-samples`` is POT's ``num_samples_for_tuning`` (steps = it / batch_size, per layer in sequential
 mode); ``--lr-scale`` multiplies all of POT's learning rates.
@@ -110,10 +110,10 @@ def run(name, build, args) -> list[dict]:
     print(f"# {name}: {len(cal)} calibration samples, {len(evaluation)} held-out; {note}", flush=True)
     rows = []
     lrs = {k: v * args.lr_scale for k, v in POT_LRS.items()}
-    for bits in (8, 4):
+    for bits in args.bits:
         base = {"stat_subset_size": len(cal), **({"weights": {"bits": 4}} if bits == 4 else {})}
         calibration_time = None
-        for mode in ("none", "simultaneous", "sequential"):
+        for mode in ("none", *args.modes):
             params = dict(base)
             if mode != "none":
                 params.update(use_layerwise_tuning=True, tuning_mode=mode,
@@ -151,6 +151,9 @@ def main() -> None:
     parser.add_argument("--evaluation", type=int, default=100)
     parser.add_argument("--tuning-samples", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--bits", nargs="+", type=int, default=[8, 4], help="weight widths")
+    parser.add_argument("--modes", nargs="+", default=["simultaneous", "sequential"],
+                        choices=["simultaneous", "sequential"])
     parser.add_argument("--lr-scale", type=float, default=1.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
