@@ -194,3 +194,17 @@ def test_tuned_model_exports_and_the_ir_matches_torch(tmp_path):
         ref = tuned(example).numpy()
     sqnr = 10 * np.log10((ref ** 2).mean() / ((out - ref) ** 2).mean())
     assert sqnr > 30, sqnr
+
+
+def test_every_pot_key_runs_together():
+    """The non-default branches of §11 in one run: ranking subset (a pool smaller than the data), FP inputs,
+    one batch reused, gradients only when the loss rose, no requantized weights, asymmetric ranges, SGD."""
+    model, data = tiny_cnn(), calibration_data("tiny_cnn", 24)
+    params = {**FAST, **LRS, "calibration_indices_pool": 12, "use_ranking_subset": True, "use_only_fp_inputs": True,
+              "update_every_batch": False, "calculate_grads_on_loss_increase_only": True,
+              "set_quantized_values_to_weight_parameter": False, "asymmetric": True, "optimizer": "SGD",
+              "weight_decay": 1e-4, "loss_logging_freq": 2, "tuning_guard_samples": 8}
+    tuned = _tuned(model, data, **params)
+    assert tuned.torchpqt_tuning
+    assert all(r["loss_after"] <= r["loss_before"] for r in tuned.torchpqt_tuning.values())
+    assert not any(fq.ranges_trainable for fq in tuned.modules() if isinstance(fq, FakeQuantize))
