@@ -181,13 +181,21 @@ def _loop(models: _Models, units: list[Unit], params: list[_Params], pool, cfg, 
     for step in range(steps):
         if step == 0 or cfg.update_every_batch:
             q, fp = models.capture(rng.sample(pool, batch), q_wanted, fp_wanted)
-        losses = [F.mse_loss(u.forward(models.qm, _inputs(u, q, fp, cfg)), fp[u.out_node]) for u in units]
+        eager = not cfg.calculate_grads_on_loss_increase_only
+        losses = []
+        for u in units:
+            loss = F.mse_loss(u.forward(models.qm, _inputs(u, q, fp, cfg)), fp[u.out_node])
+            if eager:  # backward at once: one unit's autograd graph alive at a time, not all of them
+                loss.backward()
+                loss = loss.detach()
+            losses.append(loss)
         values = torch.stack([loss.detach() for loss in losses])
         if initial is None:
             initial = values + _EPS
         weighted = float((values / initial).mean())
-        if not cfg.calculate_grads_on_loss_increase_only or weighted >= previous:
-            torch.stack(losses).sum().backward()
+        if eager or weighted >= previous:
+            if not eager:
+                torch.stack(losses).sum().backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         previous = weighted
