@@ -46,23 +46,24 @@ def _pending_lines(caplog) -> list[str]:
 
 def test_pending_steps_log_once_per_call_not_once_per_process(caplog):
     model, data = _model_and_data()
-    config = {"use_layerwise_tuning": True}
+    config = {"use_layerwise_tuning": True, "num_samples_for_tuning": 5, "batch_size": 5}
     with caplog.at_level(logging.WARNING, logger="torchpqt"):
         torchpqt.quantize(model, data, config, progress=False)
         first = _pending_lines(caplog)
         torchpqt.quantize(model, data, config, progress=False)
     assert first == [
         ("use_fast_bias=true: fast bias correction is not implemented yet; this run applies MinMaxQuantization "
-         "only (no bias correction, no activation channel alignment)"),
-        "use_layerwise_tuning: layerwise tuning is not implemented yet; running MinMaxQuantization only"]
+         "only (no bias correction, no activation channel alignment)")]
     assert _pending_lines(caplog) == first + first
 
 
 def test_todays_configs_need_one_pass_and_no_data_in_convert():
     model, data = _model_and_data()
-    for params in ({}, {"use_fast_bias": False, "use_layerwise_tuning": True}, {"target_device": "GNA"}):
+    for params in ({}, {"use_fast_bias": False}, {"target_device": "GNA"}):
         schedule = torchpqt.prepare(model, data[0], params).torchpqt_schedule
         assert schedule.passes == 1 and schedule.data_needs() == [], params
+    schedule = torchpqt.prepare(model, data[0], {"use_layerwise_tuning": True}).torchpqt_schedule
+    assert schedule.passes == 1 and schedule.data_needs() == ["LayerwiseTuning (runs the calibration data again)"]
 
 
 # --- algorithms registered the way a new one is -------------------------------------------------------

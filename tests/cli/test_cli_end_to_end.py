@@ -125,3 +125,17 @@ def test_two_inputs_from_npz(cli, workdir, write_config, tmp_path):
     float_model = load_callable("models.py:two_input_mlp", EXAMPLES, "test")()
     reference = float_model(torch.from_numpy(x), torch.from_numpy(y)).detach().numpy()
     np.testing.assert_allclose(compiled([x, y])[0], reference, atol=0.1)
+
+
+def test_layerwise_tuning_through_the_config_reports_per_layer_losses(workdir, write_config):
+    params = {"preset": "performance", "stat_subset_size": 6, "use_layerwise_tuning": True,
+              "num_samples_for_tuning": 8, "batch_size": 4, "tuning_mode": "sequential", "weights_lr": 1e-4}
+    config = base_config(compression={"target_device": "ANY", "algorithms": [
+        {"name": "DefaultQuantization", "params": params}]})
+    result = run_subprocess("-c", write_config(config), "-d", "--output-dir", "out", cwd=workdir)
+    assert result.code == 0, result.err
+    report = _report(workdir / "out" / "tiny.xml")
+    tuning = report["layerwise_tuning"]
+    assert tuning and all(set(v) == {"loss_before", "loss_after", "restored"} for v in tuning.values())
+    assert all(v["loss_after"] <= v["loss_before"] for v in tuning.values())  # the guard's promise
+    assert report["quantization_config"]["tuning_mode"] == "sequential"

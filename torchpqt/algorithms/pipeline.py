@@ -17,6 +17,7 @@ from torch import fx
 
 from torchpqt.algorithms import min_max, overflow_correction, pending
 from torchpqt.algorithms.base import Algorithm
+from torchpqt.algorithms.layerwise_tuning import ALGORITHM as LAYERWISE_TUNING
 from torchpqt.calibration import calibrate
 from torchpqt.errors import TorchPQTError
 from torchpqt.observer import StatisticRequest, collect, instrument, remove_probes
@@ -33,7 +34,7 @@ PIPELINE: tuple[Algorithm, ...] = (
     pending.FAST_BIAS_CORRECTION,
     pending.BIAS_CORRECTION,
     overflow_correction.ALGORITHM,
-    pending.LAYERWISE_TUNING,
+    LAYERWISE_TUNING,
 )
 
 

@@ -130,6 +130,12 @@ def _export(qmodel: torch.nn.Module, example: tuple[Any, ...], xml: Path, cfg: C
         raise
 
 
+def _tuning_section(qmodel) -> dict:
+    """report.json's ``layerwise_tuning``: each tuned layer's held-out loss before/after (when it ran)."""
+    tuning = getattr(qmodel, "torchpqt_tuning", None)
+    return {} if tuning is None else {"layerwise_tuning": tuning}
+
+
 def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
     """Everything after argument parsing: config, model, data, quantize, export, report."""
     started = time.perf_counter()
@@ -156,7 +162,7 @@ def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
     write_report(layout.ir_dir / "report.json", ir=layout.xml.name, torch_model=dump,
                  config=cfg.raw, quantization_config=qconfig.to_dict(full=True), fake_quantize=fake_quantize_ranges(qmodel),
                  timings_s={"calibration": t1 - t0, "export": t3 - t2, "total": t3 - started},
-                 export_check=check)
+                 export_check=check, **_tuning_section(qmodel))
     logger.info("Saved %s (calibration %.1f s, export %.1f s)", layout.xml, t1 - t0, t3 - t2)
 
 

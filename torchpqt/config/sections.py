@@ -238,3 +238,7 @@ class LayerwiseTuningConfig(_Config):
     set_quantized_values_to_weight_parameter: bool = field(default=True, metadata=_meta(_boolean))
     asymmetric: bool = field(default=False, metadata=_meta(_boolean))
     loss_logging_freq: int = field(default=10, metadata=_meta(_integer(1)))
+    # torchpqt extensions (README "Layerwise tuning")
+    tuning_mode: str = field(default="simultaneous", metadata=_meta(_choice("simultaneous", "sequential")))
+    tuning_guard: bool = field(default=True, metadata=_meta(_boolean))
+    tuning_guard_samples: int = field(default=50, metadata=_meta(_integer(1)))

@@ -1,0 +1,358 @@
+"""LayerwiseTuning (``use_layerwise_tuning``, spec §11), with torch autograd, and two things POT lacked.
+
+POT's algorithm (QuantizeModelFinetuning): every tuned unit (see :mod:`torchpqt.algorithms.tuning_units`)
+is optimized against its *local* MSE to the FP32 model's tensor at the same place, all units at once
+("simultaneous", 200 steps of 25 samples by default): each step draws ``batch_size`` samples from a pool of
+``calibration_indices_pool`` calibration samples, runs the FP32 reference and the current quantized model,
+and steps one optimizer over the per-group learning rates (weights, bias, weight/input FakeQuantize
+scale and min, lone FakeQuantize scale and min). Ranges are trained through the shared parameterization
+of :mod:`torchpqt.quant.trainable` (POT's ``log`` of the width; ``min`` only with ``asymmetric``);
+gradients pass rounding straight through. The FP32 reference is the model as captured (POT's deepcopy
+of the original model, before channel alignment and bias correction).
+
+Beyond POT:
+
+* ``tuning_mode: "sequential"``: the units one by one in topological order, each on the inputs the
+  already-tuned quantized units before it produce (error-propagation aware, as AdaRound / BRECQ
+  reconstruct block by block); the same number of steps per unit.
+* A per-unit guard (``tuning_guard``): on ``tuning_guard_samples`` held-out calibration samples (not in
+  the pool when the data has more, else split off it), a unit whose local loss ends higher than with its
+  parameters before tuning (same inputs) gets those parameters back; every unit's before/after loss is
+  logged and kept in ``model.torchpqt_tuning`` (the CLI writes it to report.json).
+
+Memory: one batch of the tuned units' inputs and targets at a time (the interpreters free every other
+tensor after its last use); the calibration samples themselves are kept for the run. Runs on the model's
+device. Afterwards every range is frozen back into buffers (the model exports as before) and the
+FakeQuantize placement is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx
+from tqdm.auto import tqdm
+
+from torchpqt.algorithms.base import Algorithm
+from torchpqt.algorithms.layers import drop_unused_constants
+from torchpqt.algorithms.tuning_units import Capture, Unit, find_units, flat_inputs, make_trainable
+from torchpqt.calibration import _concat, _num_samples, _slice, _to_device, model_device
+from torchpqt.errors import TorchPQTError
+from torchpqt.quant.fake_quantize import FakeQuantize
+from torchpqt.quant.params import FQParams
+
+__all__ = ["ALGORITHM", "run", "tune"]
+
+logger = logging.getLogger("torchpqt")
+
+_EPS = 1e-8  # POT's _safety_eps
+
+
+def _rows(data) -> list[tuple[tuple, dict]]:
+    """Every calibration sample as a one-row ``(args, kwargs)`` call, in the sampler's order."""
+    rows = []
+    for batch in data.batches():
+        call = (tuple(batch[0]), dict(batch[1]))
+        n = _num_samples(call)
+        rows.extend(call if n == 1 else _slice(call, i, i + 1, n) for i in range(n))
+    return rows
+
+
+def _stack(rows, indices, device) -> tuple[tuple, dict]:
+    calls = [rows[i] for i in indices]
+    args, kwargs = _concat(calls, [(i, 0, 1, 1) for i in indices])
+    return _to_device((tuple(args), dict(kwargs)), device)
+
+
+class _Models:
+    """The quantized model and the FP32 reference, read one batch at a time."""
+
+    def __init__(self, qm: fx.GraphModule, plan, rows, device) -> None:
+        self.qm, self.rows, self.device = qm, rows, device
+        owner = None
+        points = getattr(plan, "points", ())
+        if points and hasattr(points[0].site, "tensor"):
+            owner = points[0].site.tensor.graph.owning_module  # the prepared (FP32, captured) model
+        self.fp, self.fp_is_q = (owner, False) if owner is not None else (qm, True)
+        if owner is None:
+            logger.warning("layerwise tuning: the captured FP32 model is not available (a reloaded plan); "
+                           "the reference is the converted model with FakeQuantize bypassed, which includes "
+                           "the bias corrections")
+
+    def fp_names(self) -> set[str]:
+        return {n.name for n in self.fp.graph.nodes}
+
+    def capture(self, indices, q_wanted, fp_wanted) -> tuple[dict, dict]:
+        args, kwargs = _stack(self.rows, indices, self.device)
+        fp = Capture(self.fp, fp_wanted, float_model=True).capture(flat_inputs(self.fp, args, kwargs))
+        q = Capture(self.qm, q_wanted).capture(flat_inputs(self.qm, args, kwargs))
+        return q, fp
+
+
+def _chunks(indices, size):
+    return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+
+def _split(n: int, cfg, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(the tuning pool, the guard's held-out samples)."""
+    everything = list(range(n))
+    pool = everything if cfg.calibration_indices_pool >= n else rng.sample(everything, cfg.calibration_indices_pool)
+    if not cfg.tuning_guard:
+        return pool, []
+    rest = sorted(set(everything) - set(pool))
+    if rest:
+        return pool, rest if len(rest) <= cfg.tuning_guard_samples else rng.sample(rest, cfg.tuning_guard_samples)
+    k = min(cfg.tuning_guard_samples, len(pool) // 4)
+    if k == 0:
+        logger.info("layerwise tuning: %d calibration sample(s) leave none to hold out; the guard uses the "
+                    "tuning pool", n)
+        return pool, list(pool)
+    return pool[:-k], pool[-k:]
+
+
+class _Params:
+    """A unit's trained tensors, by learning-rate group, and its snapshot for the guard."""
+
+    def __init__(self, qm, unit: Unit, owns_input_fq: bool) -> None:
+        self.groups: dict[str, list[torch.nn.Parameter]] = {}
+        if unit.layer is not None:
+            self.groups["weights_lr"] = [getattr(qm, unit.weight_attr)]
+            if unit.bias_attr is not None:
+                self.groups["bias_lr"] = [getattr(qm, unit.bias_attr)]
+            self._fq(qm.get_submodule(unit.weight_fq), "weight_fq_")
+            if unit.input_fq is not None and owns_input_fq:
+                self._fq(qm.get_submodule(unit.input_fq), "input_fq_")
+        elif owns_input_fq:
+            self._fq(qm.get_submodule(unit.input_fq), "")
+        self.snapshot = [p.detach().clone() for p in self.all()]
+
+    def _fq(self, fq: FakeQuantize, prefix: str) -> None:
+        self.groups.setdefault(prefix + "scale_lr", []).append(fq.log_scale)
+        if "min_shift" in fq._parameters:
+            self.groups.setdefault(prefix + "min_lr", []).append(fq.min_shift)
+
+    def all(self) -> list[torch.nn.Parameter]:
+        return [p for ps in self.groups.values() for p in ps]
+
+    @torch.no_grad()
+    def swap(self, values) -> list[torch.Tensor]:
+        old = [p.detach().clone() for p in self.all()]
+        for p, v in zip(self.all(), values):
+            p.copy_(v)
+        return old
+
+
+def _optimizer(params: list[_Params], cfg):
+    groups: dict[str, list] = {}
+    for p in params:
+        for name, ps in p.groups.items():
+            groups.setdefault(name, []).extend(ps)
+    if not groups:
+        return None
+    opt = torch.optim.Adam if cfg.optimizer == "Adam" else torch.optim.SGD
+    return opt([{"params": ps, "lr": getattr(cfg, name)} for name, ps in groups.items()],
+               lr=0.0, weight_decay=cfg.weight_decay)
+
+
+def _inputs(unit: Unit, q, fp, cfg) -> torch.Tensor:
+    return (fp if cfg.use_only_fp_inputs else q)[unit.in_node]
+
+
+def _wanted(units, cfg) -> tuple[set, set]:
+    q = set() if cfg.use_only_fp_inputs else {u.in_node for u in units}
+    fp = {u.out_node for u in units} | ({u.in_node for u in units} if cfg.use_only_fp_inputs else set())
+    return q, fp
+
+
+def _loop(models: _Models, units: list[Unit], params: list[_Params], pool, cfg, rng, bar) -> None:
+    """POT's fine-tuning loop over ``units`` (all of them at once, or one in sequential mode)."""
+    opt = _optimizer(params, cfg)
+    if opt is None:
+        return
+    batch = min(cfg.batch_size, len(pool))
+    steps = max(1, cfg.num_samples_for_tuning // batch)
+    q_wanted, fp_wanted = _wanted(units, cfg)
+    initial, previous, q, fp = None, -1.0, None, None
+    for step in range(steps):
+        if step == 0 or cfg.update_every_batch:
+            q, fp = models.capture(rng.sample(pool, batch), q_wanted, fp_wanted)
+        eager = not cfg.calculate_grads_on_loss_increase_only
+        losses = []
+        for u in units:
+            loss = F.mse_loss(u.forward(models.qm, _inputs(u, q, fp, cfg)), fp[u.out_node])
+            if eager:  # backward at once: one unit's autograd graph alive at a time, not all of them
+                loss.backward()
+                loss = loss.detach()
+            losses.append(loss)
+        values = torch.stack([loss.detach() for loss in losses])
+        if initial is None:
+            initial = values + _EPS
+        weighted = float((values / initial).mean())
+        if eager or weighted >= previous:
+            if not eager:
+                torch.stack(losses).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        previous = weighted
+        if cfg.set_quantized_values_to_weight_parameter:
+            with torch.no_grad():
+                for u in units:
+                    if u.layer is not None:
+                        w = getattr(models.qm, u.weight_attr)
+                        w.copy_(models.qm.get_submodule(u.weight_fq)(w))
+        if step % cfg.loss_logging_freq == 0:
+            logger.debug("layerwise tuning: step %d/%d, weighted loss %.6g", step + 1, steps, weighted)
+        bar.set_postfix(loss=f"{weighted:.4g}", refresh=False)
+        bar.update(1)
+
+
+@torch.no_grad()
+def _guard(models: _Models, units: list[Unit], params: list[_Params], holdout, cfg, report) -> None:
+    """Local held-out loss of each unit with its tuned and its previous parameters on the same inputs;
+    restore the previous ones where tuning made it worse."""
+    if not holdout:
+        return
+    q_wanted, fp_wanted = _wanted(units, cfg)
+    after = [0.0] * len(units)
+    before = [0.0] * len(units)
+    for chunk in _chunks(holdout, max(1, cfg.batch_size)):
+        q, fp = models.capture(chunk, q_wanted, fp_wanted)
+        w = len(chunk) / len(holdout)
+        for i, (u, p) in enumerate(zip(units, params)):
+            x, target = _inputs(u, q, fp, cfg), fp[u.out_node]
+            after[i] += w * float(F.mse_loss(u.forward(models.qm, x), target))
+            tuned = p.swap(p.snapshot)
+            before[i] += w * float(F.mse_loss(u.forward(models.qm, x), target))
+            p.swap(tuned)
+    for u, p, b, a in zip(units, params, before, after):
+        restored = a > b
+        if restored:
+            p.swap(p.snapshot)
+            logger.info("layerwise tuning: %s: held-out loss rose %.6g -> %.6g; its parameters are restored",
+                        u.name, b, a)
+        else:
+            logger.debug("layerwise tuning: %s: held-out loss %.6g -> %.6g", u.name, b, a)
+        report[u.name] = {"loss_before": b, "loss_after": b if restored else a, "restored": restored}
+
+
+def _ranking_pool(models: _Models, n: int, size: int) -> list[int]:
+    """POT's ranking subset: the ``size`` samples whose model outputs differ most (MSE) from FP32."""
+    output = next(n for n in reversed(models.qm.graph.nodes) if n.op == "output")
+    name = next(iter(_leaf_nodes(output.args)))
+    scores = []
+    for chunk in _chunks(list(range(n)), 25):
+        args, kwargs = _stack(models.rows, chunk, models.device)
+        q = Capture(models.qm, {name}).capture(flat_inputs(models.qm, args, kwargs))[name]
+        fp = Capture(models.fp, {name}, float_model=True).capture(flat_inputs(models.fp, args, kwargs))[name]
+        scores.extend((q - fp).float().pow(2).reshape(len(chunk), -1).mean(1).tolist())
+    return sorted(sorted(range(n), key=lambda i: -scores[i])[:size])
+
+
+def _leaf_nodes(obj):
+    if isinstance(obj, fx.Node):
+        yield obj.name
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _leaf_nodes(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _leaf_nodes(o)
+
+
+def _write_back(qm: fx.GraphModule, plan) -> None:
+    """Ranges frozen into buffers, tensors no longer trainable, ``torchpqt_fq_params`` updated."""
+    for mod in qm.modules():
+        if isinstance(mod, FakeQuantize):
+            mod.freeze()
+    for p in qm.parameters():
+        p.requires_grad_(False)
+    params = getattr(qm, "torchpqt_fq_params", None)
+    if params is not None:
+        for point in getattr(plan, "points", ()):
+            fq = getattr(qm, point.module_name, None)
+            if isinstance(fq, FakeQuantize) and point.name in params:
+                old = params[point.name]
+                values = [getattr(fq, n).detach().cpu().double().numpy().reshape(np.shape(getattr(old, n)))
+                          for n in ("input_low", "input_high", "output_low", "output_high")]
+                params[point.name] = FQParams(fq.levels, *values)
+    drop_unused_constants(qm)
+
+
+def tune(qm: fx.GraphModule, plan, data, cfg) -> fx.GraphModule:
+    """Layerwise tuning of the converted model ``qm`` (in place) on the calibration ``data``; ``cfg`` is
+    the :class:`~torchpqt.config.LayerwiseTuningConfig` plus the run's ``seed`` (see the module doc)."""
+    tcfg, seed = cfg.layerwise_tuning, cfg.seed
+    if data is None:
+        raise TorchPQTError("layerwise tuning needs the calibration data again: call "
+                            "torchpqt.convert(prepared, calibration_data) or torchpqt.quantize()")
+    device = model_device(qm)
+    rows = _rows(data)
+    units = find_units(qm)
+    if not units or not rows:
+        logger.info("layerwise tuning: nothing to tune")
+        return qm
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    models = _Models(qm, plan, rows, device)
+    missing = {n for u in units for n in (u.in_node, u.out_node)} - models.fp_names()
+    if missing and not models.fp_is_q:
+        models.fp, models.fp_is_q = qm, True
+        logger.warning("layerwise tuning: the captured model lacks %s; the reference is the converted model "
+                       "with FakeQuantize bypassed", sorted(missing)[:3])
+    pool, holdout = _split(len(rows), tcfg, rng)
+    if tcfg.use_ranking_subset and len(rows) > tcfg.calibration_indices_pool:
+        pool = _ranking_pool(models, len(rows), tcfg.calibration_indices_pool)
+        holdout = [i for i in holdout if i not in set(pool)] or holdout
+    seen: set[str] = set()
+    params = []
+    for u in units:
+        make_trainable(qm, u)
+        owns = u.input_fq is not None and u.input_fq not in seen
+        if owns:
+            seen.add(u.input_fq)
+        for name in (u.input_fq if owns else None, u.weight_fq):
+            if name is not None:
+                qm.get_submodule(name).train_ranges(True, train_min=tcfg.asymmetric)
+        params.append(_Params(qm, u, owns))
+    qm.graph.lint()
+    qm.recompile()
+    batch = min(tcfg.batch_size, len(pool))
+    steps = max(1, tcfg.num_samples_for_tuning // batch)
+    sequential = tcfg.tuning_mode == "sequential"
+    logger.info("layerwise tuning (%s): %d units, %d steps of %d samples%s", tcfg.tuning_mode, len(units),
+                steps, batch, " each" if sequential else "")
+    report: dict[str, dict] = {}
+    disable = not sys.stderr.isatty()
+    try:
+        with tqdm(total=steps * (len(units) if sequential else 1), desc="layerwise tuning", unit="step",
+                  disable=disable) as bar:
+            if sequential:
+                for u, p in zip(units, params):
+                    _loop(models, [u], [p], pool, tcfg, rng, bar)
+                    _guard(models, [u], [p], holdout, tcfg, report)
+            else:
+                _loop(models, units, params, pool, tcfg, rng, bar)
+                _guard(models, units, params, holdout, tcfg, report)
+    finally:
+        _write_back(qm, plan)
+    if report:
+        before = sum(r["loss_before"] for r in report.values())
+        after = sum(r["loss_after"] for r in report.values())
+        logger.info("layerwise tuning: summed held-out local loss %.6g -> %.6g; %d of %d units restored",
+                    before, after, sum(r["restored"] for r in report.values()), len(report))
+    qm.torchpqt_tuning = report
+    return qm
+
+
+def run(model: fx.GraphModule, plan, statistics, config, *, data=None) -> fx.GraphModule:
+    """The pipeline step (see :mod:`torchpqt.algorithms.base`)."""
+    return tune(model, plan, data, config)
+
+
+ALGORITHM = Algorithm("LayerwiseTuning", enabled=lambda config: config.use_layerwise_tuning,
+                      statistic_points=lambda plan, config: (), apply=run, needs_data=True)
