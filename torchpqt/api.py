@@ -175,5 +175,6 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
         if example_inputs is None:
             example_inputs = ModelInputs(*first)
         prepared = prepare(model, example_inputs, cfg)
-        calibrate(prepared, itertools.chain([first], batches), total=data.total(), progress=progress)
+        calibrate(prepared, itertools.chain([first], batches), total=data.total(), progress=progress,
+                  desc=prepared.torchpqt_schedule.label(0))
         return convert(prepared, data, progress=progress)

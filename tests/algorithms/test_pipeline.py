@@ -52,17 +52,19 @@ def test_pending_steps_log_once_per_call_not_once_per_process(caplog):
         first = _pending_lines(caplog)
         torchpqt.quantize(model, data, config, progress=False)
     assert first == [
-        ("use_fast_bias=true: fast bias correction is not implemented yet; this run applies MinMaxQuantization "
-         "only (no bias correction, no activation channel alignment)"),
         "use_layerwise_tuning: layerwise tuning is not implemented yet; running MinMaxQuantization only"]
     assert _pending_lines(caplog) == first + first
 
 
-def test_todays_configs_need_one_pass_and_no_data_in_convert():
-    model, data = _model_and_data()
-    for params in ({}, {"use_fast_bias": False, "use_layerwise_tuning": True}, {"target_device": "GNA"}):
+def test_pass_counts_are_pots():
+    model, data = _model_and_data()  # conv -> ReLU -> conv: channel alignment does not fire
+    for params in ({}, {"target_device": "GNA"}):
         schedule = torchpqt.prepare(model, data[0], params).torchpqt_schedule
         assert schedule.passes == 1 and schedule.data_needs() == [], params
+        assert schedule.label(0) == "calibration"
+    schedule = torchpqt.prepare(model, data[0], {"use_fast_bias": False}).torchpqt_schedule
+    assert schedule.passes == 1
+    assert schedule.data_needs() == ["BiasCorrection (runs the calibration data again)"]
 
 
 # --- algorithms registered the way a new one is -------------------------------------------------------

@@ -8,7 +8,7 @@ import logging
 from torchpqt._once import log_once
 from torchpqt.algorithms.base import Algorithm
 
-__all__ = ["BIAS_CORRECTION", "CHANNEL_ALIGNMENT", "FAST_BIAS_CORRECTION", "LAYERWISE_TUNING", "pending"]
+__all__ = ["LAYERWISE_TUNING", "pending"]
 
 
 def pending(name: str, enabled, message: str | None) -> Algorithm:
@@ -25,15 +25,6 @@ def pending(name: str, enabled, message: str | None) -> Algorithm:
     return Algorithm(name, enabled=enabled, statistic_points=statistic_points, apply=apply)
 
 
-# Silent: the fast-bias line names it ("no activation channel alignment"), and without it min-max only runs.
-CHANNEL_ALIGNMENT = pending("ActivationChannelAlignment", lambda config: True, None)
-FAST_BIAS_CORRECTION = pending(
-    "FastBiasCorrection", lambda config: config.use_fast_bias,
-    "use_fast_bias=true: fast bias correction is not implemented yet; this run applies MinMaxQuantization "
-    "only (no bias correction, no activation channel alignment)")
-BIAS_CORRECTION = pending(
-    "BiasCorrection", lambda config: not config.use_fast_bias,
-    "use_fast_bias=false: BiasCorrection is not implemented yet; running MinMaxQuantization only")
 LAYERWISE_TUNING = pending(
     "LayerwiseTuning", lambda config: config.use_layerwise_tuning,
     "use_layerwise_tuning: layerwise tuning is not implemented yet; running MinMaxQuantization only")
