@@ -156,7 +156,7 @@ def _run(case: str) -> tuple[str, dict]:
     build, params = CASES[case]
     model, data = build()
     # the recording predates the bias algorithms: it guards MinMaxQuantization and OverflowCorrection (the bias
-    # steps are checked against POT's own recordings in tests/algorithms/test_pipeline_pot_parity.py)
+    # steps are checked against POT's own recordings in tests/pipeline/test_pipeline_pot_parity.py)
     steps = (min_max.ALGORITHM, overflow_correction.ALGORITHM)
     with mock.patch.object(pipeline, "PIPELINE", steps):
         return _fingerprint(model, data), _result(torchpqt.quantize(model, data, params, progress=False))
