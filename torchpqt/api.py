@@ -18,6 +18,7 @@ from torchpqt.algorithms import pipeline
 from torchpqt.calibration import CalibrationData, calibrate, check_statistics_finite
 from torchpqt.config import DefaultQuantizationConfig, load_config
 from torchpqt.errors import TorchPQTError
+from torchpqt.hardware.cpu_isa import advise_saturation
 from torchpqt.inputs import ModelInputs
 from torchpqt.observer import collect, instrument, remove_probes
 from torchpqt.plan import QuantizationPlan
@@ -64,6 +65,7 @@ def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: 
         cfg = _config(config, target_device)
         gm, qplan = make_plan(model, example_inputs, cfg)
         schedule = pipeline.build_schedule(qplan, cfg)
+        advise_saturation(qplan, cfg)
         instrument(gm, schedule.stages[0].requests)
         gm.graph.lint()
         gm.recompile()
