@@ -94,3 +94,47 @@ def test_bias_correction_without_alignment_needs_the_data_too():
     a = _state(torchpqt.convert(prepared, data, progress=False))
     b = _state(torchpqt.quantize(model, data, {"use_fast_bias": False}, progress=False))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Bars:
+    """Records the tqdm bars opened (label, hidden)."""
+
+    def __init__(self):
+        self.opened = []
+        recorder = self
+
+        class Bar:
+            def __init__(self, iterable=None, *, desc=None, disable=False, **kwargs):
+                recorder.opened.append((desc, disable))
+                self.iterable = iterable
+
+            def __iter__(self):
+                return iter(self.iterable)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def update(self, n=1):
+                pass
+
+        self.Bar = Bar
+
+
+def test_one_labelled_bar_per_pass_hidden_off_a_terminal(monkeypatch):
+    from torchpqt import calibration
+    from torchpqt.algorithms import bias_correction
+
+    model, data = _data()
+    config = {"stat_subset_size": 10, "use_fast_bias": False}
+    assert [torchpqt.prepare(model, data[0], config).torchpqt_schedule.label(i) for i in (0, 1)] == [
+        "channel alignment 1/2", "statistics 2/2"]
+    for progress, hidden in ((True, False), (None, True)):  # None: stderr is not a terminal under pytest
+        bars = _Bars()
+        monkeypatch.setattr(calibration, "tqdm", bars.Bar)
+        monkeypatch.setattr(bias_correction, "tqdm", bars.Bar)
+        torchpqt.quantize(model, data, config, progress=progress)
+        assert bars.opened == [("channel alignment 1/2", hidden), ("statistics 2/2", hidden),
+                               ("bias correction", hidden)]
