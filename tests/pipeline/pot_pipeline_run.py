@@ -44,6 +44,8 @@ def _fq_pairs(rec, q, model) -> dict:
 
     def consumer_edges(edge):
         c = by_name[edge.consumer.name]
+        if c.op == "call_module":  # an observer of the prepared graph (a statistics probe): not an op
+            return []
         if c.op == "output":
             return [(("<output>", edge.port), 0)]
         if is_noop(view, c):
