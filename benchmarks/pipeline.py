@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torchpqt  # noqa: E402
-from examples._common import image_crops  # noqa: E402
-from examples.efficientnet_lite import efficientnet_lite0  # noqa: E402
-from torchpqt.algorithms import channel_alignment, fast_bias_correction, min_max, pipeline  # noqa: E402
-from torchpqt.hardware.cpu_isa import cpu_flags, int8_saturates  # noqa: E402
+import torchpqt
+from examples._common import image_crops
+from examples.efficientnet_lite import efficientnet_lite0
+from torchpqt.algorithms import channel_alignment, fast_bias_correction, min_max, pipeline
+from torchpqt.hardware.cpu_isa import cpu_flags, int8_saturates
 
 ROWS = [  # (label, pipeline steps or None for POT's, params)
     ("min-max only", (min_max.ALGORITHM,), {}),
@@ -60,7 +60,6 @@ def sqnr(ref: np.ndarray, got: np.ndarray) -> float:
 
 def ir_logits(qmodel, example, x: torch.Tensor, tmp: Path, name: str) -> np.ndarray:
     import openvino as ov
-
     from torchpqt.exporters import openvino as ov_export
 
     xml = tmp / f"{name}.xml"

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest

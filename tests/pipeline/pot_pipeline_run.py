@@ -18,9 +18,9 @@ from torchpqt.algorithms.subgraph import Evaluator, Topology, placeholder_values
 from torchpqt.graph.ops import module_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "graph"))
-from test_pot_parity import _freeze, _torch_keys, is_noop, pot_edges  # noqa: E402
+from test_pot_parity import _freeze, _torch_keys, is_noop, pot_edges
 
-from torchpqt.graph.view import GraphView  # noqa: E402
+from torchpqt.graph.view import GraphView
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from torchpqt._once import log_once
 
-__all__ = ["INT8_DOT_FLAGS", "cpu_flags", "int8_saturates", "saturation_advice", "advise_saturation"]
+__all__ = ["INT8_DOT_FLAGS", "advise_saturation", "cpu_flags", "int8_saturates", "saturation_advice"]
 
 #: CPU flags of an int8 dot product that accumulates in int32 (no int16 saturation).
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
