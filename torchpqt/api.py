@@ -19,6 +19,7 @@ from torchpqt.calibration import CalibrationData, calibrate, check_statistics_fi
 from torchpqt.config import DefaultQuantizationConfig, load_config
 from torchpqt.converted import finalize
 from torchpqt.errors import TorchPQTError
+from torchpqt.hardware.cpu_isa import advise_saturation
 from torchpqt.inputs import ModelInputs
 from torchpqt.observer import collect, instrument, remove_probes
 from torchpqt.plan import QuantizationPlan
@@ -65,6 +66,7 @@ def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: 
         cfg = _config(config, target_device)
         gm, qplan = make_plan(model, example_inputs, cfg)
         schedule = pipeline.build_schedule(qplan, cfg)
+        advise_saturation(qplan, cfg)
         instrument(gm, schedule.stages[0].requests)
         gm.graph.lint()
         gm.recompile()
@@ -175,5 +177,6 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
         if example_inputs is None:
             example_inputs = ModelInputs(*first)
         prepared = prepare(model, example_inputs, cfg)
-        calibrate(prepared, itertools.chain([first], batches), total=data.total(), progress=progress)
+        calibrate(prepared, itertools.chain([first], batches), total=data.total(), progress=progress,
+                  desc=prepared.torchpqt_schedule.label(0))
         return convert(prepared, data, progress=progress)

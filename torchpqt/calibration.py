@@ -169,6 +169,18 @@ class CalibrationData:
     def __init__(self, data: Iterable, config, transform_fn: Callable | None = None) -> None:
         self.data, self.config, self.transform_fn = data, config, transform_fn
         self._reads = 0
+        self.progress: bool | None = None  # progress bars of the steps that read the data (None: on a terminal)
+
+    def subset(self, size: int, batch_size: int | None = None) -> CalibrationData:
+        """The same data sampled as POT's sampler samples ``size`` samples (a step's own subset, e.g.
+        BiasCorrection's), in batches of ``batch_size`` (default: the config's); reads count as this one's."""
+        changes = {"stat_subset_size": size}
+        if batch_size is not None:
+            changes["stat_batch_size"] = batch_size
+        sub = CalibrationData(self.data, self.config.replace(**changes), self.transform_fn)
+        sub._reads, sub.progress = self._reads, self.progress
+        self._reads += 1
+        return sub
 
     def batches(self) -> Iterator[Inputs]:
         """The inference batches of one pass (see :func:`calibration_batches`).
@@ -187,7 +199,8 @@ class CalibrationData:
         return expected_samples(self.data, self.config, self.transform_fn)
 
 
-def _to_device(call: Inputs, device: torch.device) -> Inputs:
+def to_device(call: Inputs, device: torch.device) -> Inputs:
+    """``(args, kwargs)`` with every tensor moved to ``device``."""
     return pytree.tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, call)
 
 
@@ -213,7 +226,7 @@ def calibrate(prepared: torch.nn.Module, batches: Iterable[Inputs], *, total: in
     seen = 0
     with torch.no_grad(), tqdm(total=total, desc=desc, unit="sample", disable=disable) as bar:
         for batch in batches:
-            args, kwargs = _to_device(tuple(batch), device)
+            args, kwargs = to_device(tuple(batch), device)
             n = _num_samples((args, kwargs))
             check_finite(prepared, batch, args, kwargs, seen)
             _forward(prepared, args, kwargs, batch, n, seen)

@@ -9,12 +9,16 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from torchpqt.errors import TorchPQTError
 from torchpqt.graph.view import Edge
 from torchpqt.statistics.collector import TensorStatistics
 from torchpqt.statistics.estimators import StatSpec
 from torchpqt.statistics.store import StatisticsStore
 
-__all__ = ["Observer", "StatisticRequest", "collect", "instrument", "remove_probes"]
+__all__ = ["SHAPES", "Observer", "StatisticRequest", "batch_shapes", "collect", "instrument", "remove_probes"]
+
+#: Store key of the recorded batch shapes of a point (``StatisticRequest(shapes=True)``).
+SHAPES = "batch_shapes"
 
 
 class Observer(torch.nn.Module):
@@ -24,16 +28,19 @@ class Observer(torch.nn.Module):
     statistic of the float model (spec §2, pass #2).
     """
 
-    def __init__(self, name: str, stats: TensorStatistics):
+    def __init__(self, name: str, stats: TensorStatistics, record_shapes: bool = False):
         super().__init__()
         self.point_name = name
         self.stats = stats
         self.ndim: int | None = None
         self.channels: int | None = None
+        self.shapes: list[tuple[int, ...]] | None = [] if record_shapes else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and not torch.compiler.is_compiling():
             self.stats.update(x)
+            if self.shapes is not None:
+                self.shapes.append(tuple(x.shape))
             if self.ndim is None:  # nn.Module attribute writes are slow: once is enough
                 self.ndim = x.dim()
                 self.channels = x.shape[1] if x.dim() > 1 else None
@@ -58,6 +65,10 @@ class StatisticRequest:
             a probe that nothing reads, removed once the pass is collected.
         channel_axis: the channel axis of per-channel statistics.
         inplace: POT's ``inplace_statistics`` for these statistics.
+        after: a probe's place: right after this node (default: after ``tensor``), e.g. after the op reading
+            ``tensor``, so that a sample the op cannot take fails in the op, with the op's error.
+        shapes: also record every batch's shape (store key :data:`SHAPES`; POT's input shapes of
+            FastBiasCorrection).
     """
 
     point: str
@@ -67,6 +78,8 @@ class StatisticRequest:
     consumers: tuple[tuple[str, int, int | None, int], ...] = ()
     channel_axis: int = 1
     inplace: bool = False
+    shapes: bool = False
+    after: str = ""
 
 
 def _nodes(gm: fx.GraphModule) -> dict[str, fx.Node]:
@@ -95,11 +108,18 @@ def instrument(gm: fx.GraphModule, requests: Sequence[StatisticRequest]) -> None
     nodes = _nodes(gm)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for r in requests:
-        gm.add_submodule(r.module_name, Observer(r.point, TensorStatistics(r.specs, channel_axis=r.channel_axis,
-                                                                           inplace=r.inplace)))
+        stats = TensorStatistics(r.specs, channel_axis=r.channel_axis, inplace=r.inplace)
+        gm.add_submodule(r.module_name, Observer(r.point, stats, record_shapes=r.shapes))
         tensor = nodes[r.tensor]
         if r.consumers:
             insert_inline(gm, r.module_name, tensor, edges_of(nodes, r.tensor, r.consumers), order)
+        elif r.after:
+            with gm.graph.inserting_after(nodes[r.after]):
+                gm.graph.call_module(r.module_name, (tensor,))
+        elif tensor.op == "placeholder":  # after the last placeholder: the graph's inputs stay together
+            last = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+            with gm.graph.inserting_after(last):
+                gm.graph.call_module(r.module_name, (tensor,))
         else:
             with gm.graph.inserting_after(tensor):
                 gm.graph.call_module(r.module_name, (tensor,))
@@ -124,4 +144,21 @@ def collect(gm: fx.GraphModule, requests: Sequence[StatisticRequest]) -> Statist
             continue
         for key, state in obs.stats.states().items():
             entries[(r.point, key)] = {**state, "rank": obs.ndim}
+        if obs.shapes:
+            # kept like a per-sample aggregator's values, so stores merge by concatenation
+            entries[(r.point, SHAPES)] = {"aggregator": "shapes", "samples": torch.tensor(obs.shapes),
+                                          "batches": len(obs.shapes), "per_batch": False, "rank": obs.ndim}
     return StatisticsStore(entries)
+
+
+def batch_shapes(store: StatisticsStore, point: str) -> list[tuple[int, ...]]:
+    """The shapes of the batches observed at ``point`` (recorded with ``StatisticRequest(shapes=True)``).
+
+    Raises:
+        TorchPQTError: none were recorded.
+    """
+    state = store.get((point, SHAPES))
+    if state is None:
+        raise TorchPQTError(f"no batch shapes of {point!r} in the statistics store: calibrate again with this "
+                            "config (a store saved by an older torchpqt lacks them)")
+    return [tuple(int(v) for v in row) for row in state["samples"].tolist()]

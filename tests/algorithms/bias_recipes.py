@@ -46,3 +46,15 @@ def captured(model: nn.Module, x: torch.Tensor):
     """The captured graph and its bias layers, in graph order."""
     gm = capture(model, x)
     return gm, layers(gm)
+
+
+def min_max_only(model: nn.Module, data, config=None):
+    """``torchpqt.quantize`` with MinMaxQuantization alone (no channel alignment, no bias correction): the
+    converted model the bias algorithms start from, for testing them one at a time."""
+    from unittest import mock
+
+    import torchpqt
+    from torchpqt.algorithms import min_max, pipeline
+
+    with mock.patch.object(pipeline, "PIPELINE", (min_max.ALGORITHM,)):
+        return torchpqt.quantize(model, data, config, progress=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bias_recipes import GOLDEN, layers, spec_tiny_cnn
+from bias_recipes import GOLDEN, layers, min_max_only, spec_tiny_cnn
 from torch import nn
 
 import torchpqt
@@ -27,7 +27,7 @@ def _chain(zero_first_bias: bool = False):
         if zero_first_bias:
             model[0].bias[1] = 0.0
     data = [torch.randn(1, 6) * 2 + 0.5 for _ in range(10)]
-    q = torchpqt.quantize(model, data, {"stat_subset_size": 10}, progress=False)
+    q = min_max_only(model, data, {"stat_subset_size": 10})
     return model, data, q
 
 
@@ -93,7 +93,7 @@ def test_threshold_rejects_large_relative_changes():
 def test_spec_recipe_matches_pot():
     model, data = spec_tiny_cnn()
     run = GOLDEN["runs"]["performance_biascorrection"]
-    q = torchpqt.quantize(model, data, run["config"], progress=False)
+    q = min_max_only(model, data, run["config"])
     samples = [((x,), {}) for x in data[:bc.subset_size(run["config"]["stat_subset_size"])]]
     conv1, conv2 = bc.apply(q, samples)
     np.testing.assert_allclose(conv1.new_bias.numpy(), run["bias_after"]["conv1"], rtol=1e-4, atol=1e-7)
@@ -103,7 +103,7 @@ def test_spec_recipe_matches_pot():
 def _quantized(name: str):
     model = models.build(name)
     data = models.calibration_data(name, 4)
-    return torchpqt.quantize(model, data, {"stat_subset_size": 4}, progress=False), data
+    return min_max_only(model, data, {"stat_subset_size": 4}), data
 
 
 def _module(node) -> str:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from bias_recipes import GOLDEN, captured, channel_means, layers, spec_tiny_cnn
+from bias_recipes import GOLDEN, captured, channel_means, layers, min_max_only, spec_tiny_cnn
 from torch import nn
 
 import torchpqt
@@ -154,7 +154,7 @@ def test_depthwise_convs_are_candidates():
     # POT's graph types every GroupConvolution as Convolution (mo ir_reader groupconv_to_conv)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4)).eval()
     data = [torch.randn(1, 3, 8, 8) for _ in range(3)]
-    q = torchpqt.quantize(model, data, {"stat_subset_size": 3}, progress=False)
+    q = min_max_only(model, data, {"stat_subset_size": 3})
     cands = fbc.candidates(q)
     assert [c.groups for c in cands] == [1, 4]
 
@@ -164,7 +164,7 @@ def test_spec_recipe_matches_pot(run):
     """Spec §13.3: conv2's corrected bias; conv1 (padded) fails the threshold and keeps its bias."""
     model, data = spec_tiny_cnn()
     expected = GOLDEN["runs"][run]
-    q = torchpqt.quantize(model, data, expected["config"], progress=False)
+    q = min_max_only(model, data, expected["config"])
     x = torch.cat(data)
     with torch.no_grad():
         a1 = model[1](model[0](x))
@@ -179,7 +179,7 @@ def test_spec_recipe_matches_pot(run):
 
 def test_quantized_weight_is_the_folded_fake_quantize_of_the_stored_weight():
     model, data = spec_tiny_cnn()
-    q = torchpqt.quantize(model, data, {"target_device": "CPU"}, progress=False)
+    q = min_max_only(model, data, {"target_device": "CPU"})
     conv1 = layers(q)[0]
     fq_node = conv1.node.args[1]
     fq = q.get_submodule(fq_node.target)

@@ -1,4 +1,4 @@
-"""The pipeline: POT's order of steps (spec §2), the pending steps' messages, and the multi-pass contract of
+"""The pipeline: POT's order of steps (spec §2), warnings logged once per call, and the multi-pass contract of
 prepare()/convert(), exercised with small algorithms registered the way a new one is."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import torchpqt
+from torchpqt._once import log_once
 from torchpqt.algorithms import pipeline
 from torchpqt.algorithms.base import Algorithm
 from torchpqt.config import load_config
@@ -18,7 +19,6 @@ from torchpqt.errors import TorchPQTError
 from torchpqt.observer import StatisticRequest
 from torchpqt.statistics import StatSpec
 
-PENDING = "not implemented yet"
 OUT_MAX = StatSpec("max", "abs_max", "max", "pertensor")
 
 
@@ -40,30 +40,40 @@ def _model_and_data():
     return model, [torch.randn(1, 3, 8, 8, generator=g) for _ in range(5)]
 
 
-def _pending_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if PENDING in r.getMessage()]
+def _announcing(message: str) -> Algorithm:
+    """A step that logs ``message`` once per call while planning (as a step's per-point warning would)."""
+
+    def statistic_points(plan, config):
+        for _ in plan.points:  # one call per point: log_once keeps one line per public call
+            log_once(("test", "announcing"), logging.WARNING, message)
+        return ()
+
+    return Algorithm("Announcing", enabled=lambda config: True, statistic_points=statistic_points,
+                     apply=lambda model, plan, statistics, config, *, data=None: model)
 
 
-def test_pending_steps_log_once_per_call_not_once_per_process(caplog):
+def test_a_steps_warning_is_logged_once_per_call_not_once_per_process(caplog, monkeypatch):
+    message = "test step: a warning that repeats per FakeQuantize"
+    monkeypatch.setattr(pipeline, "PIPELINE", (_announcing(message), *pipeline.PIPELINE))
     model, data = _model_and_data()
-    config = {"use_layerwise_tuning": True, "num_samples_for_tuning": 5, "batch_size": 5}
     with caplog.at_level(logging.WARNING, logger="torchpqt"):
-        torchpqt.quantize(model, data, config, progress=False)
-        first = _pending_lines(caplog)
-        torchpqt.quantize(model, data, config, progress=False)
-    assert first == [
-        ("use_fast_bias=true: fast bias correction is not implemented yet; this run applies MinMaxQuantization "
-         "only (no bias correction, no activation channel alignment)")]
-    assert _pending_lines(caplog) == first + first
+        torchpqt.quantize(model, data, {}, progress=False)
+        torchpqt.quantize(model, data, {}, progress=False)
+    assert [r.getMessage() for r in caplog.records if r.getMessage() == message] == [message, message]
 
 
-def test_todays_configs_need_one_pass_and_no_data_in_convert():
-    model, data = _model_and_data()
-    for params in ({}, {"use_fast_bias": False}, {"target_device": "GNA"}):
+def test_pass_counts_are_pots():
+    model, data = _model_and_data()  # conv -> ReLU -> conv: channel alignment does not fire
+    for params in ({}, {"target_device": "GNA"}):
         schedule = torchpqt.prepare(model, data[0], params).torchpqt_schedule
         assert schedule.passes == 1 and schedule.data_needs() == [], params
+        assert schedule.label(0) == "calibration"
+    schedule = torchpqt.prepare(model, data[0], {"use_fast_bias": False}).torchpqt_schedule
+    assert schedule.passes == 1
+    assert schedule.data_needs() == ["BiasCorrection (runs the calibration data again)"]
     schedule = torchpqt.prepare(model, data[0], {"use_layerwise_tuning": True}).torchpqt_schedule
-    assert schedule.passes == 1 and schedule.data_needs() == ["LayerwiseTuning (runs the calibration data again)"]
+    assert schedule.passes == 1
+    assert schedule.data_needs() == ["LayerwiseTuning (runs the calibration data again)"]
 
 
 # --- algorithms registered the way a new one is -------------------------------------------------------

@@ -528,3 +528,17 @@ def test_import_stays_light():
     code = "import sys, torchpqt.config; print(sorted(m for m in ('onnx', 'openvino') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_bias_extension_keys_default_to_pots_behaviour_and_are_validated():
+    c = DefaultQuantizationConfig()
+    assert (c.correct_zero_bias, c.fast_bias_padding_fix) == (False, False)
+    assert "correct_zero_bias" not in c.to_dict() and c.to_dict(full=True)["fast_bias_padding_fix"] is False
+    on = load_config({"correct_zero_bias": True, "fast_bias_padding_fix": True})
+    assert on.to_dict() == {"correct_zero_bias": True, "fast_bias_padding_fix": True}
+    assert DefaultQuantizationConfig.from_dict(on.to_dict()) == on
+    for key in ("correct_zero_bias", "fast_bias_padding_fix"):
+        with pytest.raises(ConfigError, match=rf"params\.{key}: expected true or false, got 1"):
+            load_config({key: 1})
+    with pytest.raises(ConfigError, match="did you mean 'fast_bias_padding_fix'"):
+        load_config({"fast_bias_pading_fix": True})

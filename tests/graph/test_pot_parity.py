@@ -154,6 +154,8 @@ def torch_run(case: str, model_name: str | None = None) -> list[TorchFQ]:
         no-op (dropout, clone) feeds that no-op's consumers; a network output is a Result, keyed
         ``["<output>", position]`` with port 0 (tests/pot_parity/pot_keys.py)."""
         c = edge.consumer
+        if c.op == "call_module":  # an observer of the prepared graph (a statistics probe): not an op
+            return []
         if c.op == "output":
             return [(("<output>", edge.port), 0)]
         if is_noop(view, c):

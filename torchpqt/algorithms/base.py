@@ -14,7 +14,8 @@ An algorithm is an :class:`Algorithm` record, usually the ``ALGORITHM`` of its o
   parameters (:class:`~torchpqt.quant.params.FQParams`, by point name); an algorithm that changes a range
   updates that entry and the FakeQuantize module together.
 * ``needs_data``: ``apply`` runs the calibration data again (BiasCorrection's layer-by-layer inference,
-  LayerwiseTuning), so ``convert()`` needs ``calibration_data``.
+  LayerwiseTuning), so ``convert()`` needs ``calibration_data``. ``data.subset(n)`` gives POT's sampler for a
+  step's own subset; ``data.progress`` is the run's ``progress`` setting for the step's own bar.
 * ``new_pass_after``: the statistics of the algorithms after it must be collected on the model it
   returns (ActivationChannelAlignment changes the float weights): the pipeline starts a new calibration
   pass after it, when it requested statistics. Without statistics it must leave the float model as it is.

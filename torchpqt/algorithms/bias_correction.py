@@ -58,11 +58,12 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
+from torchpqt.algorithms.base import Algorithm
 from torchpqt.algorithms.fast_bias_correction import BiasUpdate, relative_change
 from torchpqt.algorithms.layers import channel_mean, drop_unused_constants, layer_of, set_layer_tensor
 from torchpqt.algorithms.subgraph import Evaluator, Topology, placeholder_values
 
-__all__ = ["DEFAULT_THRESHOLD", "FP32Statistics", "Plan", "Step", "apply", "collect_fp32", "correction",
+__all__ = ["ALGORITHM", "DEFAULT_THRESHOLD", "FP32Statistics", "Plan", "Step", "apply", "collect_fp32", "correction",
            "plan_steps", "subset_size"]
 
 logger = logging.getLogger("torchpqt")
@@ -321,3 +322,33 @@ def _run_step(ev: Evaluator, step: Step, stored, placeholders, axis: int):
         for s in step.stats:
             stat_values[s].append(env[s].detach())
     return (total / max(len(placeholders), 1)).numpy(), stat_values
+
+
+# ---------------------------------------------------------------- the pipeline step
+
+
+def _subset(data) -> list[Sample]:
+    """POT's BiasCorrection subset: ``max(int(0.2 * stat_subset_size), 1)`` samples of the calibration data,
+    chosen by POT's sampler for that size, one per batch."""
+    total = data.total()
+    if total is None:  # an unsized iterable: count a pass
+        total = sum(int(args[0].shape[0]) if args and args[0].dim() else 1 for args, _ in data.batches())
+    return [tuple(b) for b in data.subset(subset_size(total), batch_size=1).batches()]
+
+
+def run(model: fx.GraphModule, plan, statistics, config, *, data=None) -> fx.GraphModule:
+    """BiasCorrection on the converted model, on its own subset of the calibration data."""
+    from torchpqt.calibration import model_device, to_device
+
+    device = model_device(model)
+    samples = [to_device(s, device) for s in _subset(data)]
+    updates = apply(model, samples, threshold=config.resolved_threshold,
+                    apply_for_all_nodes=config.apply_for_all_nodes, correct_zero_bias=config.correct_zero_bias,
+                    progress=getattr(data, "progress", None))
+    logger.info("BiasCorrection: %d of %d layer(s) corrected on %d sample(s)", sum(u.applied for u in updates),
+                len(updates), len(samples))
+    return model
+
+
+ALGORITHM = Algorithm("BiasCorrection", enabled=lambda config: not config.use_fast_bias,
+                      statistic_points=lambda plan, config: (), apply=run, needs_data=True)

@@ -41,16 +41,18 @@ Driver interface (pass 1, on the FP32 captured graph, before FakeQuantize placem
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import fx
 
+from torchpqt.algorithms.base import Algorithm
 from torchpqt.algorithms.layers import CONVOLUTION, Layer, drop_unused_constants, layer_of, set_layer_tensor
+from torchpqt.observer import StatisticRequest
 from torchpqt.statistics.estimators import StatSpec
 
-__all__ = ["RANGE_MAX", "RANGE_MIN", "Alignment", "AlignmentPair", "align", "align_pair", "apply", "find_pairs"]
+__all__ = ["ALGORITHM", "RANGE_MAX", "RANGE_MIN", "Alignment", "AlignmentPair", "align", "align_pair", "apply", "find_pairs"]
 
 logger = logging.getLogger("torchpqt")
 
@@ -191,3 +193,71 @@ def apply(gm: fx.GraphModule, pairs: list[AlignmentPair], ranges: dict[str, tupl
                      new.mean_aligned, new.scale_aligned)
     drop_unused_constants(gm)
     return rescale
+
+
+# ---------------------------------------------------------------- the pipeline step
+
+
+def captured_graph(plan) -> fx.GraphModule | None:
+    """The captured graph a plan's points refer to (what ``prepare()`` planned on), or None for an empty plan."""
+    for p in plan.points:
+        return p.site.tensor.graph.owning_module
+    return None
+
+
+def _stats_point(producer: str) -> str:
+    return f"{producer} (channel alignment)"
+
+
+def statistic_points(plan, config) -> tuple[StatisticRequest, ...]:
+    """Per-channel quantiles of every qualifying producer's output, on the FP32 model (POT's pass 1); none
+    where no pair qualifies, so such models get no extra pass."""
+    gm = captured_graph(plan)
+    if gm is None:
+        return ()
+    return tuple(StatisticRequest(_stats_point(p.producer.name), p.producer.name, (RANGE_MIN, RANGE_MAX),
+                                  f"{p.producer.name}__alignment_stats", channel_axis=1)
+                 for p in find_pairs(gm))
+
+
+def saturation_fix_active(config) -> bool:
+    """POT set_rescaling_factors: need_rescale counts where the saturation fix runs (CPU/ANY, not ``no``)."""
+    return config.target_device in ("CPU", "ANY") and config.saturation_fix in ("first_layer", "all")
+
+
+def retarget_weights(model: fx.GraphModule, plan, rescale: set[str], config):
+    """The plan after alignment: weight points read the new constants, and the aligned consumers get the
+    saturation fix (POT need_rescale)."""
+    nodes = {n.name: n for n in model.graph.nodes}
+    active = saturation_fix_active(config)
+    points = []
+    for p in plan.points:
+        if p.group == "weights":
+            edge = p.site.edges[0]
+            consumer = nodes[edge.consumer.name]
+            current = consumer.args[edge.arg] if edge.sub is None else consumer.args[edge.arg][edge.sub]
+            if isinstance(current, fx.Node) and current.name != p.site.tensor.name and len(p.site.edges) == 1:
+                site = replace(p.site, tensor=current, edges=[replace(edge, producer=current, consumer=consumer)])
+                p = replace(p, site=site)
+            if active and consumer.name in rescale and p.output_scale == 1.0:
+                p = replace(p, output_scale=2.0)
+        points.append(p)
+    return replace(plan, points=tuple(points))
+
+
+def run(model: fx.GraphModule, plan, statistics, config, *, data=None) -> fx.GraphModule:
+    """Align every qualifying pair of the FP32 working copy; the plan follows the new weights and marks the
+    consumers for the saturation fix."""
+    pairs = find_pairs(model)
+    if not pairs:
+        return model
+    ranges = {p.producer.name: (statistics.result(_stats_point(p.producer.name), RANGE_MIN),
+                                statistics.result(_stats_point(p.producer.name), RANGE_MAX)) for p in pairs}
+    rescale = apply(model, pairs, ranges)
+    model.torchpqt_plan = retarget_weights(model, plan, rescale, config)
+    logger.info("channel alignment: %d pair(s) aligned", len(pairs))
+    return model
+
+
+ALGORITHM = Algorithm("ActivationChannelAlignment", enabled=lambda config: True, statistic_points=statistic_points,
+                      apply=run, new_pass_after=True)

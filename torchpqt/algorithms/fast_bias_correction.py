@@ -52,17 +52,21 @@ import numpy as np
 import torch
 from torch import fx
 
+from torchpqt.algorithms.base import Algorithm
 from torchpqt.algorithms.layers import (
     Layer,
     channel_mean,
+    drop_unused_constants,
     float_weight,
     layer_of,
     quantized_weight,
     run_layer,
+    set_layer_tensor,
 )
+from torchpqt.observer import StatisticRequest, batch_shapes
 from torchpqt.statistics.estimators import StatSpec
 
-__all__ = ["MEAN_PER_CHANNEL", "BiasUpdate", "candidates", "constant_input", "correct_layer", "fast_bias_correction",
+__all__ = ["ALGORITHM", "MEAN_PER_CHANNEL", "BiasUpdate", "candidates", "constant_input", "correct_layer", "fast_bias_correction",
            "most_frequent_shape", "relative_change"]
 
 logger = logging.getLogger("torchpqt")
@@ -213,3 +217,73 @@ def correct_layer(gm: fx.GraphModule, layer: Layer, input_mean, output_mean, inp
     """:func:`fast_bias_correction` with ``Q(W)`` and ``W`` read from ``gm`` (a converted model)."""
     return fast_bias_correction(layer, quantized_weight(gm, layer), input_mean, output_mean, input_shape,
                                 weight=float_weight(gm, layer), **options)
+
+
+# ---------------------------------------------------------------- the pipeline step
+
+
+def _in_point(layer: str) -> str:
+    return f"{layer} (fast bias input)"
+
+
+def _out_point(layer: str) -> str:
+    return f"{layer} (fast bias output)"
+
+
+def _planned_layers(gm: fx.GraphModule, plan, apply_for_all_nodes: bool) -> list[Layer]:
+    """:func:`candidates` as they will be after MinMaxQuantization, read from the plan on the captured graph."""
+    quantized = {p.site.edges[0].consumer.name for p in plan.points if p.group == "weights"}
+    out = []
+    for node in gm.graph.nodes:
+        layer = layer_of(gm, node)
+        if layer is not None and (node.name in quantized or apply_for_all_nodes):
+            out.append(layer)
+    return out
+
+
+def statistic_points(plan, config) -> tuple[StatisticRequest, ...]:
+    """Per-channel means of every candidate's input (with the batch shapes) and output, in MinMaxQuantization's
+    pass on the (aligned) FP32 model."""
+    from torchpqt.algorithms.channel_alignment import captured_graph
+
+    gm = captured_graph(plan)
+    if gm is None:
+        return ()
+    requests = []
+    for layer in _planned_layers(gm, plan, config.apply_for_all_nodes):
+        x = layer.node.args[0]
+        if not isinstance(x, fx.Node):
+            continue
+        axis = layer.channel_axis
+        requests.append(StatisticRequest(_in_point(layer.name), x.name, (MEAN_PER_CHANNEL,),
+                                         f"{layer.name}__fbc_input_stats", channel_axis=axis,
+                                         inplace=config.inplace_statistics, shapes=True,
+                                         after=layer.name))
+        requests.append(StatisticRequest(_out_point(layer.name), layer.name, (MEAN_PER_CHANNEL,),
+                                         f"{layer.name}__fbc_output_stats", channel_axis=axis,
+                                         inplace=config.inplace_statistics))
+    return tuple(requests)
+
+
+def run(model: fx.GraphModule, plan, statistics, config, *, data=None) -> fx.GraphModule:
+    """Correct the bias of every candidate layer of the converted model."""
+    applied = 0
+    layers = candidates(model, config.apply_for_all_nodes)
+    for layer in layers:
+        if _in_point(layer.name) not in statistics.points():
+            continue  # its input is a constant: nothing was observed (POT: not a candidate either)
+        m_in = statistics.result(_in_point(layer.name), MEAN_PER_CHANNEL)
+        m_out = statistics.result(_out_point(layer.name), MEAN_PER_CHANNEL)
+        shape = most_frequent_shape(batch_shapes(statistics, _in_point(layer.name)))
+        update = correct_layer(model, layer, m_in, m_out, shape, threshold=config.resolved_threshold,
+                               correct_zero_bias=config.correct_zero_bias, padding_fix=config.fast_bias_padding_fix)
+        if update.applied:
+            set_layer_tensor(model, layer, "bias", update.new_bias)
+            applied += 1
+    drop_unused_constants(model)
+    logger.info("FastBiasCorrection: %d of %d layer(s) corrected", applied, len(layers))
+    return model
+
+
+ALGORITHM = Algorithm("FastBiasCorrection", enabled=lambda config: config.use_fast_bias,
+                      statistic_points=statistic_points, apply=run)

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from torchpqt.algorithms import min_max, overflow_correction, pending
+from torchpqt.algorithms import (
+    bias_correction,
+    channel_alignment,
+    fast_bias_correction,
+    min_max,
+    overflow_correction,
+)
 from torchpqt.algorithms.base import Algorithm
 from torchpqt.algorithms.layerwise_tuning import ALGORITHM as LAYERWISE_TUNING
 from torchpqt.calibration import calibrate
@@ -29,10 +35,10 @@ logger = logging.getLogger("torchpqt")
 
 #: Every algorithm, in POT's order; ``enabled(config)`` picks the ones a config runs.
 PIPELINE: tuple[Algorithm, ...] = (
-    pending.CHANNEL_ALIGNMENT,
+    channel_alignment.ALGORITHM,
     min_max.ALGORITHM,
-    pending.FAST_BIAS_CORRECTION,
-    pending.BIAS_CORRECTION,
+    fast_bias_correction.ALGORITHM,
+    bias_correction.ALGORITHM,
     overflow_correction.ALGORITHM,
     LAYERWISE_TUNING,
 )
@@ -65,6 +71,13 @@ class Schedule:
     def passes(self) -> int:
         """Calibration passes in all: the user's loop and the ones ``convert()`` runs."""
         return 1 + sum(1 for stage in self.stages[1:] if stage.requests)
+
+    def label(self, index: int) -> str:
+        """The progress-bar label of pass ``index`` (0-based): "channel alignment 1/2", "statistics 2/2"."""
+        stage = self.stages[index]
+        what = "channel alignment" if index == 0 and self.passes > 1 and \
+            stage.algorithms[-1] == "ActivationChannelAlignment" else "statistics"
+        return "calibration" if self.passes == 1 else f"{what} {index + 1}/{self.passes}"
 
     def data_needs(self) -> list[str]:
         """What makes ``convert()`` need the calibration data (empty: it does not)."""
@@ -133,11 +146,12 @@ def run(model: fx.GraphModule, schedule: Schedule, store: StatisticsStore, confi
             instrument(model, stage.requests)
             model.graph.lint()
             model.recompile()
-            calibrate(model, data.batches(), total=data.total(), progress=progress,
-                      desc=f"statistics {i + 1}/{len(schedule.stages)}")
+            calibrate(model, data.batches(), total=data.total(), progress=progress, desc=schedule.label(i))
             store = store.merge(collect(model, stage.requests))
             remove_probes(model, stage.requests)
         check_covered(store, stage.requests)
+        if data is not None:
+            data.progress = progress
         for name in stage.algorithms:
             algorithm = _registered(name)
             model = algorithm.apply(model, model.torchpqt_plan, store, config,

@@ -89,6 +89,9 @@ class DefaultQuantizationConfig(_Config):
     saturation_fix: str = field(default="first_layer", metadata=_meta(_choice("first_layer", "all", "no")))
     threshold: float | None = field(default=None, metadata=_meta(_optional(_real(0.0, strict=True))))
     apply_for_all_nodes: bool = field(default=False, metadata=_meta(_boolean))
+    # torchpqt extensions (default false: POT's behaviour), see the README's differences from POT
+    correct_zero_bias: bool = field(default=False, metadata=_meta(_boolean))
+    fast_bias_padding_fix: bool = field(default=False, metadata=_meta(_boolean))
     ignored: IgnoredConfig = field(default_factory=IgnoredConfig, metadata=_meta(_section(IgnoredConfig)))
     weights: QuantizerConfig = field(
         default_factory=QuantizerConfig, metadata=_meta(_section(QuantizerConfig))
