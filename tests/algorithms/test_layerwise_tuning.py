@@ -135,7 +135,8 @@ def test_tuned_model_keeps_placement_and_frozen_ranges():
     names = lambda m: [n for n, s in m.named_modules() if isinstance(s, FakeQuantize)]
     assert names(tuned) == names(plain)
     assert not any(fq.ranges_trainable for fq in tuned.modules() if isinstance(fq, FakeQuantize))
-    assert not any(p.requires_grad for p in tuned.parameters())
+    # like every converted model, its live weights and biases are ordinary trainable parameters (QAT)
+    assert all(p.requires_grad for p in tuned.parameters())
     changed = [n for n in names(plain) if not torch.equal(getattr(tuned, n).input_high, getattr(plain, n).input_high)]
     assert changed  # the ranges were trained
     first = tuned.torchpqt_plan.points

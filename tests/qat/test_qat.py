@@ -86,9 +86,21 @@ def test_gradients_reach_every_weight_and_every_range(name, preset):
     assert len(ranges) >= len(_fqs(q))
     params = dict(q.named_parameters())
     assert {id(p) for p in ranges} <= {id(p) for p in params.values()}
+    exact = {}  # FakeQuantize whose output equals its input (a scalar constant at its range edge)
+
+    def record(name):
+        def hook(module, args, out):
+            exact[name] = exact.get(name, True) and torch.allclose(out, args[0], rtol=2**-23, atol=0)
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in q.named_modules() if isinstance(m, FakeQuantize)]
     _loss(q, fp, data).backward()
+    for h in hooks:
+        h.remove()
     no_grad = [n for n, p in params.items() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
-    assert not no_grad
+    # the straight-through estimator gives no gradient where the FakeQuantize loses nothing
+    assert all(n.endswith("log_scale") and exact[n.rsplit(".", 1)[0]] for n in no_grad), no_grad
+    assert len(no_grad) <= 1
     weights = [n for n, p in params.items() if not n.endswith(("log_scale", "min_shift"))]
     assert len(weights) >= len([m for m in _fqs(q) if "fq_weights" in m])
 
@@ -259,7 +271,12 @@ def test_load_finds_tensors_an_algorithm_re_registered():
     set_layer_tensor(q, layer, "weight", torch.randn(4, 288))
     finalize(q)
     names = set(q.state_dict())
-    assert {"linear_bias_0", "linear_weight_0"} <= names and "4.bias" not in names
+    # the names set_layer_tensor chose (fresh ones: bias correction may already have re-registered the bias)
+    new_names = {a.target for a in (linear.args[layer.bias_arg],) if isinstance(a, torch.fx.Node)}
+    weight_arg = linear.args[layer.weight_arg]
+    new_names |= {a.target for a in (weight_arg, *weight_arg.args) if a.op == "get_attr"}
+    assert new_names <= names and "4.bias" not in names
+    assert {n for n in new_names if n.startswith("linear_")} == new_names and len(new_names) == 2
     x = torch.cat(data)
     r = torchpqt.load(q.state_dict(), fp, data[0], q.torchpqt_config)
     assert set(r.state_dict()) == names

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from torchpqt.algorithms.base import Algorithm
 from torchpqt.algorithms.layers import drop_unused_constants
 from torchpqt.algorithms.tuning_units import Capture, Unit, find_units, flat_inputs, make_trainable
-from torchpqt.calibration import _concat, _num_samples, _slice, _to_device, model_device
+from torchpqt.calibration import _concat, _num_samples, _slice, model_device, to_device
 from torchpqt.errors import TorchPQTError
 from torchpqt.quant.fake_quantize import FakeQuantize
 from torchpqt.quant.params import FQParams
@@ -66,7 +66,7 @@ def _rows(data) -> list[tuple[tuple, dict]]:
 def _stack(rows, indices, device) -> tuple[tuple, dict]:
     calls = [rows[i] for i in indices]
     args, kwargs = _concat(calls, [(i, 0, 1, 1) for i in indices])
-    return _to_device((tuple(args), dict(kwargs)), device)
+    return to_device((tuple(args), dict(kwargs)), device)
 
 
 class _Models:
