@@ -137,7 +137,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         xml = out / f"minilm_int8_{name}.xml"
         # check=False: the metric below, measured on the IR, is what this example reports.
-        ov_export.export(qmodel, calibration[0], xml, check=False)
+        common.check_summary(ov_export.export(qmodel, calibration[0], xml))
         results[name] = (accuracy_ir(xml, test_x, test_y), seconds)
 
     common.report(out, "accuracy", fp32, results["transformer"][0], results["transformer"][1],
