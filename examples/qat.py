@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import check_summary  # examples/_common.py
 from torch import nn
 
 import torchpqt
-from _common import check_summary  # examples/_common.py
 
 CONFIG = {"name": "DefaultQuantization",
           "params": {"preset": "performance", "stat_subset_size": 300, "weights": {"bits": 4}}}
