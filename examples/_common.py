@@ -255,3 +255,12 @@ def ir_latencies(model: torch.nn.Module, example, int8_xml) -> dict[str, float]:
     fp32 = latency_ms(compile_ir(fp32_xml), *example)
     int8 = latency_ms(compile_ir(int8_xml), *example)
     return {"latency_ms_fp32_ir": fp32, "latency_ms_int8_ir": int8, "speedup": fp32 / int8, "cpu_isa": cpu_isa()}
+
+
+def check_summary(report) -> dict:
+    """The export check's key numbers (``report`` from ``ov_export.export``), printed and returned."""
+    keys = ("sim_sqnr_db", "max_diff_steps", "int8_sqnr_db", "top1_agreement", "int8_share")
+    summary = {k: (round(v, 4) if isinstance(v, float) else v) for k in keys if (v := getattr(report, k)) is not None}
+    summary["flips"] = report.flips
+    print(f"export check passed on {Path(report.path).name}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return summary

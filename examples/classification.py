@@ -43,7 +43,7 @@ def main() -> None:
 
     # check=False: the IR is evaluated below on the real metric, which is the check that matters here;
     # with check=True export() also compares it with the torch fake-quant model and prints a report.
-    ov_export.export(qmodel, calibration[0], out / "efficientnet_lite0_int8.xml", check=False)
+    common.check_summary(ov_export.export(qmodel, calibration[0], out / "efficientnet_lite0_int8.xml"))
     common.export_fp32_ir(model, calibration[0], out / "efficientnet_lite0_fp32.xml")
     int8_ir = common.compile_ir(out / "efficientnet_lite0_int8.xml")
     fp32_ir = common.compile_ir(out / "efficientnet_lite0_fp32.xml")

@@ -156,7 +156,7 @@ def main() -> None:
     qmodel = torchpqt.quantize(model, calibration, CONFIG)
     seconds = time.perf_counter() - t0
     xml = out / "detector_int8.xml"
-    ov_export.export(qmodel, calibration[0], xml, check=False)  # the mAP below is measured on this IR
+    common.check_summary(ov_export.export(qmodel, calibration[0], xml))  # the mAP below is measured on this IR
 
     with torch.no_grad():
         fp32 = mean_ap(decode(model(test_x)), test_t)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import check_summary  # examples/_common.py
 from torch import nn
 
 import torchpqt
@@ -145,17 +146,15 @@ def main() -> None:
     assert torch.equal(reloaded(x_test), qat(x_test).detach()), "the reloaded model differs"
 
     export_fp32(model, example, out / "fp32.xml")
-    # check=False: the exporter's built-in check is being redesigned and misjudges 4-bit weights; the IR's
-    # own logits are compared with torch's below instead
-    ov_export.export(ptq, example, out / "ptq.xml", check=False)
-    ov_export.export(qat, example, out / "qat.xml", check=False)  # trainable ranges: a frozen copy is exported
+    checks = {"ptq": check_summary(ov_export.export(ptq, example, out / "ptq.xml")),
+              "qat": check_summary(ov_export.export(qat, example, out / "qat.xml"))}  # QAT: a frozen copy
     metrics = {
         "fp32": measure("fp32", model, out / "fp32.xml", x_test, y_test),
         "ptq": measure("ptq", ptq, out / "ptq.xml", x_test, y_test),
         "qat": {**measure("qat", qat, out / "qat.xml", x_test, y_test), "epochs": epochs,
                 "train_seconds": round(qat_seconds, 2)},
         "config": CONFIG, "held_out": len(y_test), "quick": args.quick, "cpu_isa": cpu_isa(),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "export_check": checks,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for name in ("fp32", "ptq", "qat"):

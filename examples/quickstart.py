@@ -30,7 +30,7 @@ qmodel = torchpqt.quantize(model, calibration, {"name": "DefaultQuantization",
                                                 "params": {"preset": "performance", "stat_subset_size": n}})
 print(f"quantized in {time.perf_counter() - t0:.0f} s")
 
-ov_export.export(qmodel, calibration[0], out / "efficientnet_lite0_int8.xml", check=False)
+common.check_summary(ov_export.export(qmodel, calibration[0], out / "efficientnet_lite0_int8.xml"))
 common.export_fp32_ir(model, calibration[0], out / "efficientnet_lite0_fp32.xml")
 int8 = common.compile_ir(out / "efficientnet_lite0_int8.xml")
 fp32 = common.compile_ir(out / "efficientnet_lite0_fp32.xml")

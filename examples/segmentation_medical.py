@@ -89,7 +89,7 @@ def main() -> None:
     qmodel = torchpqt.quantize(model, calibration, CONFIG)
     seconds = time.perf_counter() - t0
     xml = out / "unet2d_int8.xml"
-    ov_export.export(qmodel, calibration[0], xml, check=False)  # the Dice below is measured on this IR
+    common.check_summary(ov_export.export(qmodel, calibration[0], xml))  # the Dice below is measured on this IR
 
     with torch.no_grad():
         fp32 = common.dice(model(test_x) > 0, test_y)
