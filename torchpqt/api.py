@@ -7,7 +7,8 @@ import copy
 import itertools
 import logging
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from torchpqt.inputs import ModelInputs
 from torchpqt.observer import collect, instrument, remove_probes
 from torchpqt.plan import QuantizationPlan
 from torchpqt.planning import make_plan
+from torchpqt.statistics.cache import DataFingerprint, StatisticsCache, model_hash, statistics_digest
 from torchpqt.statistics.store import StatisticsStore
 
 logger = logging.getLogger("torchpqt")
@@ -63,19 +65,26 @@ def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: 
         needs in all (``.passes``) and whether :func:`convert` needs the data again (``.data_needs()``).
     """
     with call_scope():
-        cfg = _config(config, target_device)
-        gm, qplan = make_plan(model, example_inputs, cfg)
-        schedule = pipeline.build_schedule(qplan, cfg)
-        advise_saturation(qplan, cfg)
+        gm, _, schedule, _ = _planned(model, example_inputs, _config(config, target_device))
         instrument(gm, schedule.stages[0].requests)
         gm.graph.lint()
         gm.recompile()
-        gm.torchpqt_plan = qplan
-        gm.torchpqt_config = cfg
-        gm.torchpqt_schedule = schedule
-        logger.info("prepared %d FakeQuantize points (%d activations)", len(qplan.points),
-                    sum(p.group != "weights" for p in qplan.points))
         return gm
+
+
+def _planned(model: torch.nn.Module, example_inputs, cfg: DefaultQuantizationConfig):
+    """The captured graph with its plan, schedule, config and the model's hash as attributes, not yet
+    instrumented."""
+    gm, qplan = make_plan(model, example_inputs, cfg)
+    schedule = pipeline.build_schedule(qplan, cfg)
+    advise_saturation(qplan, cfg)
+    gm.torchpqt_plan = qplan
+    gm.torchpqt_config = cfg
+    gm.torchpqt_schedule = schedule
+    gm.torchpqt_model_hash = model_hash(model)
+    logger.info("prepared %d FakeQuantize points (%d activations)", len(qplan.points),
+                sum(p.group != "weights" for p in qplan.points))
+    return gm, qplan, schedule, cfg
 
 
 def _prepared_parts(prepared) -> tuple[QuantizationPlan, pipeline.Schedule]:
@@ -119,36 +128,59 @@ def convert(prepared: fx.GraphModule, calibration_data: Iterable | None = None, 
             needs the calibration data again and none was given.
     """
     with call_scope():
-        qplan, schedule = _prepared_parts(prepared)
-        cfg = prepared.torchpqt_config
-        if statistics is None:
-            check_statistics_finite(prepared, qplan.points)
-        store = statistics if statistics is not None else collect_statistics(prepared)
-        data = calibration_data
-        if data is not None and not isinstance(data, CalibrationData):
-            data = CalibrationData(data, cfg, transform_fn)
-        pipeline.check_covered(store, schedule.stages[0].requests)
-        needs = schedule.data_needs()
-        if needs and data is None:
-            raise TorchPQTError(
-                "convert(): this config needs the calibration data again for " + "; ".join(needs) + ". Call "
-                "torchpqt.convert(prepared, calibration_data) with the data of your calibration loop (and its "
-                "transform_fn), or use torchpqt.quantize()")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
-            qm = copy.deepcopy(prepared)  # keeps none of prepared's torchpqt_* attributes
-        qm.torchpqt_plan = qplan
-        remove_probes(qm, schedule.stages[0].requests)
-        qm, _ = pipeline.run(qm, schedule, store, cfg, data, progress=progress)
-        finalize(qm)
-        del qm.torchpqt_fq_params  # the FakeQuantize modules hold the result
-        qm.torchpqt_config = {"name": "DefaultQuantization", "params": cfg.to_dict(full=True)}
-        return qm
+        return _convert(prepared, calibration_data, statistics=statistics, transform_fn=transform_fn,
+                        progress=progress)
+
+
+def _convert(prepared: fx.GraphModule, calibration_data, *, statistics: StatisticsStore | None = None,
+             transform_fn=None, progress: bool | None = None, cache: StatisticsCache | None = None,
+             fingerprint: DataFingerprint | None = None) -> fx.GraphModule:
+    qplan, schedule = _prepared_parts(prepared)
+    cfg = prepared.torchpqt_config
+    if statistics is None:
+        check_statistics_finite(prepared, qplan.points)
+    store = statistics if statistics is not None else collect_statistics(prepared)
+    data = calibration_data
+    if data is not None and not isinstance(data, CalibrationData):
+        data = CalibrationData(data, cfg, transform_fn)
+    pipeline.check_covered(store, schedule.stages[0].requests)
+    needs = schedule.data_needs()
+    if needs and data is None:
+        raise TorchPQTError(
+            "convert(): this config needs the calibration data again for " + "; ".join(needs) + ". Call "
+            "torchpqt.convert(prepared, calibration_data) with the data of your calibration loop (and its "
+            "transform_fn), or use torchpqt.quantize()")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
+        qm = copy.deepcopy(prepared)  # keeps none of prepared's torchpqt_* attributes
+    qm.torchpqt_plan = qplan
+    remove_probes(qm, schedule.stages[0].requests)
+    qm, store = pipeline.run(qm, schedule, store, cfg, data, progress=progress, cache=cache)
+    if cache is not None:
+        cache.save()
+        logger.info("statistics cache %s: %d observed tensor(s) reused, %d calibrated", cache.path, cache.reused,
+                    cache.computed)
+    finalize(qm)
+    del qm.torchpqt_fq_params  # the FakeQuantize modules hold the result
+    qm.torchpqt_config = {"name": "DefaultQuantization", "params": cfg.to_dict(full=True)}
+    qm.torchpqt_run = _run_info(prepared, store, cfg, fingerprint)
+    return qm
+
+
+def _run_info(prepared, store: StatisticsStore, cfg, fingerprint: DataFingerprint | None) -> dict:
+    """``qmodel.torchpqt_run``: what a run manifest records to reproduce the run (small: hashes, indices)."""
+    calibration = None
+    if fingerprint is not None and fingerprint.batches:
+        calibration = {"fingerprint": fingerprint.digest, "samples": fingerprint.samples,
+                       "batches": fingerprint.batches, "batch_size": cfg.stat_batch_size,
+                       "indices": fingerprint.indices()}
+    return {"model_hash": getattr(prepared, "torchpqt_model_hash", None), "statistics_hash": statistics_digest(store),
+            "calibration": calibration}
 
 
 def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *, example_inputs=None,
              target_device: str | None = None, transform_fn: Callable[[Any], Any] | None = None,
-             progress: bool | None = None) -> fx.GraphModule:
+             progress: bool | None = None, statistics_cache: str | Path | None = None) -> fx.GraphModule:
     """Quantize ``model`` in one call: capture, calibrate on ``calibration_data``, convert.
 
     Args:
@@ -163,20 +195,45 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
         target_device: overrides ``config.target_device``.
         transform_fn: maps an item to model inputs, e.g. ``lambda item: item[0]`` for ``(x, label)``.
         progress: show a progress bar (default: only when stderr is a terminal).
+        statistics_cache: a file for the calibration statistics (see
+            :mod:`torchpqt.statistics.cache`): what it holds for this model and these samples is reused, what
+            this config needs beyond it is calibrated (only those tensors observed) and added. The data is read
+            once more to fingerprint it (no forward pass), so it must not be a one-shot iterator.
 
     Returns:
-        The fake-quantized model (see :func:`convert`).
+        The fake-quantized model (see :func:`convert`), with ``torchpqt_run``: the hashes a run manifest
+        records (model, calibration samples, statistics).
+
+    Raises:
+        TorchPQTError: also for a ``statistics_cache`` file that exists but cannot be read.
     """
     with call_scope():
         cfg = _config(config, target_device)
         data = CalibrationData(calibration_data, cfg, transform_fn)
-        batches = data.batches()
-        first = next(batches, None)
+        fingerprint = DataFingerprint()
+        if statistics_cache is not None:
+            if isinstance(calibration_data, Iterator):
+                raise TorchPQTError("statistics_cache needs calibration_data it can read twice (to fingerprint the "
+                                    "samples first): pass a list, a Dataset or a DataLoader, not an iterator")
+            batches = iter(fingerprint.wrap(data.batches()))
+            first = next(batches, None)
+            for _ in batches:  # the fingerprint pass: reads the samples, no forward
+                pass
+        else:
+            batches = fingerprint.wrap(data.batches())
+            first = next(batches, None)
         if first is None:
             raise TorchPQTError("calibration_data yielded no sample; pass a non-empty iterable")
         if example_inputs is None:
             example_inputs = ModelInputs(*first)
-        prepared = prepare(model, example_inputs, cfg)
-        calibrate(prepared, itertools.chain([first], batches), total=data.total(), progress=progress,
-                  desc=prepared.torchpqt_schedule.label(0))
-        return convert(prepared, data, progress=progress)
+        if statistics_cache is None:
+            prepared = prepare(model, example_inputs, cfg)
+            calibrate(prepared, itertools.chain([first], batches), total=data.total(), progress=progress,
+                      desc=prepared.torchpqt_schedule.label(0))
+            return _convert(prepared, data, progress=progress, fingerprint=fingerprint)
+        prepared, qplan, schedule, cfg = _planned(model, example_inputs, cfg)
+        cache = StatisticsCache.open(statistics_cache, prepared.torchpqt_model_hash, fingerprint.digest)
+        store = pipeline.observe(prepared, schedule.stages[0].requests, data, cache=cache, progress=progress,
+                                 desc=schedule.label(0))
+        check_statistics_finite(prepared, qplan.points)  # the tensors this pass observed
+        return _convert(prepared, data, statistics=store, progress=progress, cache=cache, fingerprint=fingerprint)

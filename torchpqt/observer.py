@@ -15,7 +15,8 @@ from torchpqt.statistics.collector import TensorStatistics
 from torchpqt.statistics.estimators import StatSpec
 from torchpqt.statistics.store import StatisticsStore
 
-__all__ = ["SHAPES", "Observer", "StatisticRequest", "batch_shapes", "collect", "instrument", "remove_probes"]
+__all__ = ["SHAPES", "Observer", "StatisticRequest", "batch_shapes", "collect", "instrument", "remove_probes",
+           "store_entries"]
 
 #: Store key of the recorded batch shapes of a point (``StatisticRequest(shapes=True)``).
 SHAPES = "batch_shapes"
@@ -103,13 +104,23 @@ def edges_of(nodes: dict[str, fx.Node], tensor: str,
     return [Edge(nodes[tensor], nodes[c], arg, sub, port) for c, arg, sub, port in consumers]
 
 
-def instrument(gm: fx.GraphModule, requests: Sequence[StatisticRequest]) -> None:
-    """Add an :class:`Observer` for every request (the caller lints and recompiles)."""
+def instrument(gm: fx.GraphModule, requests: Sequence[StatisticRequest], *, passive: frozenset[str] = frozenset(),
+               record: bool = False) -> None:
+    """Add an :class:`Observer` for every request (the caller lints and recompiles).
+
+    Args:
+        passive: points whose statistics are known already (a statistics cache): their observer is put in
+            place (the graph is the same) but computes nothing.
+        record: the other observers also keep every batch's reduced values (``stats.records``) for a cache.
+    """
     nodes = _nodes(gm)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for r in requests:
-        stats = TensorStatistics(r.specs, channel_axis=r.channel_axis, inplace=r.inplace)
-        gm.add_submodule(r.module_name, Observer(r.point, stats, record_shapes=r.shapes))
+        quiet = r.point in passive
+        stats = TensorStatistics(() if quiet else r.specs, channel_axis=r.channel_axis, inplace=r.inplace)
+        if record and not quiet:
+            stats.records = {}
+        gm.add_submodule(r.module_name, Observer(r.point, stats, record_shapes=r.shapes and not quiet))
         tensor = nodes[r.tensor]
         if r.consumers:
             insert_inline(gm, r.module_name, tensor, edges_of(nodes, r.tensor, r.consumers), order)
@@ -142,13 +153,18 @@ def collect(gm: fx.GraphModule, requests: Sequence[StatisticRequest]) -> Statist
         obs = gm.get_submodule(r.module_name)
         if obs.stats.num_batches == 0:
             continue
-        for key, state in obs.stats.states().items():
-            entries[(r.point, key)] = {**state, "rank": obs.ndim}
-        if obs.shapes:
-            # kept like a per-sample aggregator's values, so stores merge by concatenation
-            entries[(r.point, SHAPES)] = {"aggregator": "shapes", "samples": torch.tensor(obs.shapes),
-                                          "batches": len(obs.shapes), "per_batch": False, "rank": obs.ndim}
+        entries.update(store_entries(r.point, obs.stats, obs.ndim, obs.shapes))
     return StatisticsStore(entries)
+
+
+def store_entries(point: str, stats: TensorStatistics, rank: int | None, shapes: list | None) -> dict:
+    """The store entries of one observed tensor: every statistic's state, and the batch shapes if recorded."""
+    entries = {(point, key): {**state, "rank": rank} for key, state in stats.states().items()}
+    if shapes:
+        # kept like a per-sample aggregator's values, so stores merge by concatenation
+        entries[(point, SHAPES)] = {"aggregator": "shapes", "samples": torch.tensor(shapes),
+                                    "batches": len(shapes), "per_batch": False, "rank": rank}
+    return entries
 
 
 def batch_shapes(store: StatisticsStore, point: str) -> list[tuple[int, ...]]:

@@ -27,9 +27,10 @@ from torchpqt.algorithms.layerwise_tuning import ALGORITHM as LAYERWISE_TUNING
 from torchpqt.calibration import calibrate
 from torchpqt.errors import TorchPQTError
 from torchpqt.observer import StatisticRequest, collect, instrument, remove_probes
+from torchpqt.statistics.cache import state_hash
 from torchpqt.statistics.store import StatisticsStore
 
-__all__ = ["PIPELINE", "Schedule", "Stage", "algorithms_for", "build_schedule", "run"]
+__all__ = ["PIPELINE", "Schedule", "Stage", "algorithms_for", "build_schedule", "observe", "run"]
 
 logger = logging.getLogger("torchpqt")
 
@@ -136,18 +137,38 @@ def _registered(name: str) -> Algorithm:
                         "prepare the model again")
 
 
+def observe(model: fx.GraphModule, requests, data, *, cache=None, progress: bool | None = None,
+            desc: str = "calibration") -> StatisticsStore:
+    """One calibration pass of ``requests`` on ``model`` (observers left in place; the caller removes the
+    probes). With a :class:`~torchpqt.statistics.cache.StatisticsCache`, the requests it covers for this model
+    state are served from it (their observers are put in place but compute nothing) and the pass runs only
+    when some are missing, recording those into the cache."""
+    state = state_hash(model) if cache is not None else None
+    known = frozenset(r.point for r in requests if cache.covered(state, r)) if cache is not None else frozenset()
+    instrument(model, requests, passive=known, record=cache is not None)
+    model.graph.lint()
+    model.recompile()
+    missing = [r for r in requests if r.point not in known]
+    if missing:
+        calibrate(model, data.batches(), total=data.total(), progress=progress, desc=desc)
+    if cache is None:
+        return collect(model, requests)
+    for r in missing:
+        cache.add(state, r, model.get_submodule(r.module_name))
+    cache.reused += len(known)
+    cache.computed += len(missing)
+    return cache.entries(state, requests)
+
+
 def run(model: fx.GraphModule, schedule: Schedule, store: StatisticsStore, config, data=None, *,
-        progress: bool | None = None) -> tuple[fx.GraphModule, StatisticsStore]:
+        progress: bool | None = None, cache=None) -> tuple[fx.GraphModule, StatisticsStore]:
     """Apply every stage to ``model`` (convert()'s working copy, first-pass probes removed): run the later
-    passes on ``data`` (a :class:`~torchpqt.calibration.CalibrationData`), then each algorithm. Returns the
-    model and the store with every pass's statistics."""
+    passes on ``data`` (a :class:`~torchpqt.calibration.CalibrationData`; through ``cache`` when given, see
+    :func:`observe`), then each algorithm. Returns the model and the store with every pass's statistics."""
     for i, stage in enumerate(schedule.stages):
         if i and stage.requests:
-            instrument(model, stage.requests)
-            model.graph.lint()
-            model.recompile()
-            calibrate(model, data.batches(), total=data.total(), progress=progress, desc=schedule.label(i))
-            store = store.merge(collect(model, stage.requests))
+            store = store.merge(observe(model, stage.requests, data, cache=cache, progress=progress,
+                                        desc=schedule.label(i)))
             remove_probes(model, stage.requests)
         check_covered(store, stage.requests)
         if data is not None:

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"])
     p.add_argument("--progress-bar", action="store_true", help="show a progress bar even when stderr is no TTY")
     p.add_argument("--keep-uncompressed-weights", action="store_true", help="keep float weights in the IR")
+    p.add_argument("--statistics-cache", metavar="PATH", help="reuse / store the calibration statistics in this file "
+                   "(another preset, mode, bits, aggregator or ignored scope then needs no calibration pass)")
     return p
 
 
@@ -152,7 +154,8 @@ def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
 
     t0 = time.perf_counter()
     qmodel = torchpqt.quantize(model, data, qconfig, example_inputs=example, target_device=qconfig.target_device,
-                               progress=args.progress_bar or sys.stderr.isatty())
+                               progress=args.progress_bar or sys.stderr.isatty(),
+                               statistics_cache=args.statistics_cache)
     t1 = time.perf_counter()
     dump = save_torch_model(qmodel, example, layout.ir_dir, cfg.model.name).name \
         if qconfig.dump_intermediate_model else None

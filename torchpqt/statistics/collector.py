@@ -43,6 +43,9 @@ class TensorStatistics:
         self._first_nonfinite: torch.Tensor | None = None  # on the device: first batch with a NaN/Inf stat
         self._aggregators: dict[tuple, Aggregator] = {}
         self._by_reducer: dict[tuple, list[tuple]] = {}
+        #: ``reducer key -> [per-batch reduced values]`` when recording (a statistics cache), else None;
+        #: min, max and abs_max of a granularity are recorded together (one aminmax gives all three)
+        self.records: dict[tuple, list[torch.Tensor]] | None = None
         for spec in specs:
             if spec.aggregator is None:
                 raise ConfigError(
@@ -59,19 +62,36 @@ class TensorStatistics:
         """Reduce one inference batch ``[B, ...]`` and feed the aggregators."""
         x = x.detach()
         pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # one aminmax pass per granularity
-        finite: torch.Tensor | None = None
-        for (stat_type, q, granularity), agg_keys in self._by_reducer.items():
+        stats: dict[tuple, torch.Tensor] = {}
+        for reducer_key in self._by_reducer:
+            stat_type, q, granularity = reducer_key
             if stat_type in _MINMAX_TYPES:
                 if granularity not in pairs:
                     pairs[granularity] = minmax(
                         x, granularity, channel_axis=self.channel_axis, per_batch=self.inplace
                     )
                 mn, mx = pairs[granularity]
-                stat = mn if stat_type == "min" else mx if stat_type == "max" else torch.maximum(-mn, mx)
+                stats[reducer_key] = mn if stat_type == "min" else mx if stat_type == "max" else torch.maximum(-mn, mx)
             else:
-                stat = reduce(
+                stats[reducer_key] = reduce(
                     x, stat_type, granularity, q=q, channel_axis=self.channel_axis, per_batch=self.inplace
                 )
+        if self.records is not None:
+            for granularity, (mn, mx) in pairs.items():  # the free siblings: a mode change needs no new pass
+                stats.setdefault(("min", None, granularity), mn)
+                stats.setdefault(("max", None, granularity), mx)
+                stats.setdefault(("abs_max", None, granularity), torch.maximum(-mn, mx))
+            for reducer_key, stat in stats.items():
+                self.records.setdefault(reducer_key, []).append(stat)
+        self.feed(stats)
+
+    def feed(self, stats: dict[tuple, torch.Tensor]) -> None:
+        """Feed one batch's per-sample reduced values (``reducer key -> tensor``, as :meth:`update` computes
+        them) to the aggregators: what :meth:`update` does after reducing, and how a statistics cache
+        replays recorded reductions (the same tensors in the same order give the same states bit for bit)."""
+        finite: torch.Tensor | None = None
+        for reducer_key, agg_keys in self._by_reducer.items():
+            stat = stats[reducer_key]
             ok = torch.isfinite(stat).all()
             finite = ok if finite is None else finite & ok
             for agg_key in agg_keys:
@@ -79,6 +99,10 @@ class TensorStatistics:
         if finite is not None:
             self._note_nonfinite(finite)
         self.num_batches += 1
+
+    def reducer_keys(self) -> tuple[tuple, ...]:
+        """The per-sample reductions this tensor's statistics need."""
+        return tuple(self._by_reducer)
 
     def _note_nonfinite(self, finite: torch.Tensor) -> None:
         # no device-to-host sync on the hot path: the first offending batch index is kept on the device
