@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._compare import FQStats, Tolerances
+from ._lint import Int8Lint
 
 __all__ = ["ExportReport"]
 
@@ -46,6 +47,9 @@ class ExportReport:
         op_precisions: ``(op name, layer type, runtime precision)`` of those ops.
         tolerances: what the check allowed.
         note: how the check was judged, when not layer by layer (GNA targets).
+        lint: the int8 lint of the int8 run (:class:`~torchpqt.exporters._lint.Int8Lint`: activation
+            FakeQuantize the CPU plugin keeps in f32, int8 share, saturation on this CPU); None unchecked or
+            off CPU.
     """
 
     path: Path
@@ -65,6 +69,7 @@ class ExportReport:
     op_precisions: list[tuple[str, str, str]] = field(default_factory=list)
     tolerances: Tolerances | None = None
     note: str | None = None
+    lint: Int8Lint | None = None
 
     @property
     def flips(self) -> int:
@@ -106,6 +111,8 @@ class ExportReport:
             n_int8 = sum(p in _INT8 for _, _, p in self.op_precisions)
             lines.append(f"  int8 weighted ops: {n_int8}/{len(self.op_precisions)} ({self.int8_share:.0%})")
             lines += [f"    {kind:<14} {prec:<5} {name}" for name, kind, prec in self.op_precisions]
+        if self.lint is not None:
+            lines.append("  " + str(self.lint).replace("\n", "\n  "))
         return "\n".join(lines)
 
     def _check_lines(self) -> list[str]:

@@ -38,12 +38,14 @@ from torchpqt.errors import ExportError
 from torchpqt.quant.fake_quantize import FakeQuantize, _levels
 from torchpqt.quant.trainable import frozen_copy
 
-from . import _probe
+from . import _lint, _probe
 from . import onnx as onnx_export  # relative: the folder exporters/ installs as torchpqt.exporters
 from ._compare import FQStats, Tolerances, max_relative_difference, sqnr_db
 from ._report import ExportReport
 
-__all__ = ["WEIGHTED_LAYER_TYPES", "ExportReport", "FQStats", "Tolerances", "check", "export"]
+__all__ = ["WEIGHTED_LAYER_TYPES", "ExportReport", "FQStats", "Int8Lint", "Tolerances", "check", "export", "lint"]
+
+Int8Lint = _lint.Int8Lint
 
 logger = logging.getLogger("torchpqt")
 
@@ -121,6 +123,14 @@ def check(path: str | Path, qmodel: torch.nn.Module, example_inputs: Any, *, tar
         proto = onnx_export.export_proto(qmodel, example_inputs, dynamic_batch=False)
         fq_nodes = (_fingerprint(qmodel), _probe.name_fake_quantize_nodes(proto))
     return _check(Path(path), qmodel, example_inputs, target_device, fq_nodes[1], tolerances or Tolerances())
+
+
+def lint(path: str | Path) -> _lint.Int8Lint:
+    """The int8 lint of an IR file (what ``export(...).lint`` holds, for an IR exported with ``check=False``):
+    which activation FakeQuantize the CPU plugin runs in int8, the int8 share, whether this CPU saturates."""
+    saved = ov.Core().read_model(str(path))
+    compiled = ov.Core().compile_model(saved, "CPU", _F32)
+    return _lint.lint_compiled(saved, compiled, _weighted_op_precisions(compiled))
 
 
 # export() remembers each model's FakeQuantize node table, so check() on the IR it just wrote needs no second
@@ -235,6 +245,8 @@ def _check(xml: Path, qmodel: torch.nn.Module, example_inputs: Any, target_devic
     report.op_precisions = _weighted_op_precisions(compiled)
     if report.op_precisions:
         report.int8_share = sum(p in _INT8 for _, _, p in report.op_precisions) / len(report.op_precisions)
+    if device == "CPU" and not target_device.startswith("GNA"):
+        report.lint = _lint.lint_compiled(saved, compiled, report.op_precisions)
     if target_device.startswith("GNA") and device != target_device:
         _check_gna(report, qmodel, args, kwargs, int8_outputs)
     else:

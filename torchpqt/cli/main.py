@@ -138,6 +138,16 @@ def _tuning_section(qmodel) -> dict:
     return {} if tuning is None else {"layerwise_tuning": tuning}
 
 
+def _lint_section(check) -> dict:
+    """report.json's ``int8_lint``: the FakeQuantize the CPU plugin keeps in f32, the int8 share, saturation."""
+    lint = getattr(check, "lint", None)
+    if lint is None:
+        return {}
+    return {"int8_lint": {"not_int8": [f.name for f in lint.unfused], "int8_share": lint.int8_share,
+                          "f32_weighted_ops": lint.f32_weighted_ops, "saturates": lint.saturates, "isa": lint.isa,
+                          "faster": lint.faster}}
+
+
 def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
     """Everything after argument parsing: config, model, data, quantize, export, report."""
     started = time.perf_counter()
@@ -165,7 +175,7 @@ def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
     write_report(layout.ir_dir / "report.json", ir=layout.xml.name, torch_model=dump,
                  config=cfg.raw, quantization_config=qconfig.to_dict(full=True), fake_quantize=fake_quantize_ranges(qmodel),
                  timings_s={"calibration": t1 - t0, "export": t3 - t2, "total": t3 - started},
-                 export_check=check, **_tuning_section(qmodel))
+                 export_check=check, **_tuning_section(qmodel), **_lint_section(check))
     logger.info("Saved %s (calibration %.1f s, export %.1f s)", layout.xml, t1 - t0, t3 - t2)
 
 
