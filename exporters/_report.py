@@ -50,6 +50,7 @@ class ExportReport:
         lint: the int8 lint of the int8 run (:class:`~torchpqt.exporters._lint.Int8Lint`: activation
             FakeQuantize the CPU plugin keeps in f32, int8 share, saturation on this CPU); None unchecked or
             off CPU.
+        manifest: the run manifest written beside the IR (``manifest.json``).
     """
 
     path: Path
@@ -70,6 +71,7 @@ class ExportReport:
     tolerances: Tolerances | None = None
     note: str | None = None
     lint: Int8Lint | None = None
+    manifest: Path | None = None
 
     @property
     def flips(self) -> int:

@@ -35,6 +35,7 @@ from openvino._offline_transformations import (
 )
 
 from torchpqt.errors import ExportError
+from torchpqt.manifest import MANIFEST_NAME, write_manifest
 from torchpqt.quant.fake_quantize import FakeQuantize, _levels
 from torchpqt.quant.trainable import frozen_copy
 
@@ -76,8 +77,11 @@ def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, ta
         dynamic_batch: dynamic dim 0 on every input, unless False (or the model is fixed).
         tolerances: what the check allows (default :class:`Tolerances`).
 
+    Writes ``manifest.json`` beside the IR (:mod:`torchpqt.manifest`): the run's config, versions, calibration
+    samples, statistics and model hashes, for ``torchpqt reproduce``.
+
     Returns:
-        An :class:`ExportReport` (numbers are None when ``check`` is False).
+        An :class:`ExportReport` (numbers are None when ``check`` is False; ``manifest``: the manifest's path).
 
     Raises:
         ExportError: the path is not ``.xml``, the export fails, or the IR does not compute the torch
@@ -96,10 +100,14 @@ def export(qmodel: torch.nn.Module, example_inputs: Any, path: str | Path, *, ta
     model.set_friendly_name(type(qmodel).__name__)
     _set_rt_info(model, qmodel, target_device, compress_weights)
     ov.save_model(model, str(xml), compress_to_fp16=False)  # keep f32: ranges and scales stay exact
-    logger.info("wrote OpenVINO IR %s", xml)
+    manifest = write_manifest(qmodel, xml.parent / MANIFEST_NAME, ir=xml.name)
+    logger.info("wrote OpenVINO IR %s and its run manifest %s", xml, manifest.name)
     if not check:
-        return ExportReport(path=xml, fq_levels=_fq_levels(ov.Core().read_model(str(xml))))
-    return _check(xml, qmodel, example_inputs, target_device, fq_nodes, tolerances or Tolerances())
+        report = ExportReport(path=xml, fq_levels=_fq_levels(ov.Core().read_model(str(xml))))
+    else:
+        report = _check(xml, qmodel, example_inputs, target_device, fq_nodes, tolerances or Tolerances())
+    report.manifest = manifest
+    return report
 
 
 def check(path: str | Path, qmodel: torch.nn.Module, example_inputs: Any, *, target_device: str | None = None,

@@ -15,6 +15,7 @@ from torchpqt.errors import (
     TorchPQTError,
 )
 from torchpqt.inputs import ModelInputs
+from torchpqt.manifest import Reproduction, reproduce
 from torchpqt.qat import freeze_ranges, load, train_ranges
 from torchpqt.quant.fake_quantize import FakeQuantize
 from torchpqt.statistics.store import StatisticsStore
@@ -30,6 +31,7 @@ __all__ = [
     "FakeQuantize",
     "ModelInputs",
     "QuantizationPlan",
+    "Reproduction",
     "ScopeError",
     "StatisticsStore",
     "TorchPQTError",
@@ -42,5 +44,6 @@ __all__ = [
     "plan",
     "prepare",
     "quantize",
+    "reproduce",
     "train_ranges",
 ]

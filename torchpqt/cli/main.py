@@ -3,9 +3,10 @@
     torchpqt -c config.json [--output-dir DIR] [-d] [--log-level LEVEL] [--progress-bar]
              [--keep-uncompressed-weights] [--data SOURCE]
     torchpqt -q default --model SPEC --data SOURCE [--preset performance|mixed] [--name NAME]
-             [--weights FILE] [--input-shape 1 3 224 224]
+             [--weights FILE] [--input-shape 1 3 224 224] [--statistics-cache PATH]
+    torchpqt reproduce manifest.json --model SPEC --data SOURCE [--weights FILE] [--input-shape ...]
 
-Exit codes: 0 done; 2 bad invocation (one line on stderr: ``torchpqt: error: ...``); 1 unexpected failure.
+Exit codes: 0 done (reproduce: bit for bit); 3 reproduce: the run differs; 2 bad invocation (one line on stderr: ``torchpqt: error: ...``); 1 unexpected failure.
 """
 
 from __future__ import annotations
@@ -179,6 +180,32 @@ def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
     logger.info("Saved %s (calibration %.1f s, export %.1f s)", layout.xml, t1 - t0, t3 - t2)
 
 
+def build_reproduce_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="torchpqt reproduce", description="Quantize again as a run manifest (manifest.json, written "
+                "beside every IR) records, and check its statistics and FakeQuantize parameters bit for bit.",
+                allow_abbrev=False)
+    p.add_argument("manifest", help="the manifest.json beside the IR")
+    p.add_argument("-m", "--model", required=True, help="package.module:factory, file.py:factory or a .pt2 file")
+    p.add_argument("-w", "--weights", help="a state_dict file for the model")
+    p.add_argument("--input-shape", type=int, nargs="+", metavar="DIM", help="e.g. 1 3 224 224")
+    p.add_argument("--data", "--data-source", dest="data", required=True, help="the calibration data of the run")
+    p.add_argument("--log-level", default="WARNING", choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"])
+    return p
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    """``torchpqt reproduce``: 0 when every recorded hash matches, 3 when not (the differences on stdout)."""
+    quick = argparse.Namespace(model=args.model, name=None, weights=args.weights, input_shape=args.input_shape,
+                               data=args.data, preset=None)
+    cfg = parse_config(_quick_config(quick), Path.cwd(), args.data)
+    model, inputs = load_model(cfg.model)
+    names = [s.name for s in inputs if s.name] or forward_arg_names(model)
+    data = open_data_source(cfg.engine, inputs, names)
+    result = torchpqt.reproduce(args.manifest, model, data, example_inputs=_example_inputs(data, names))
+    print(result)
+    return 0 if result.matches else 3
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -190,7 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments without the program name; ``sys.argv[1:]`` when None.
     """
     debug = False
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["reproduce"]:
+            args = build_reproduce_parser().parse_args(argv[1:])
+            debug = args.log_level == "DEBUG"
+            setup_logging(args.log_level)
+            return reproduce(args)
         args = build_parser().parse_args(argv)
         debug = args.log_level == "DEBUG"
         _check_mode(args)
