@@ -138,6 +138,20 @@ class DataFingerprint:
                 for item, start, stop, rows in self.pieces]
 
 
+def _pack(values: list[torch.Tensor]) -> tuple[torch.Tensor, list[list[int]]]:
+    """One flat tensor and the batch shapes (thousands of small tensors load slowly with weights_only)."""
+    return torch.cat([v.reshape(-1) for v in values]), [list(v.shape) for v in values]
+
+
+def _unpack(flat: torch.Tensor, shapes: list[list[int]]) -> list[torch.Tensor]:
+    if not isinstance(flat, torch.Tensor) or not isinstance(shapes, list):
+        raise TypeError("a reduction is not a tensor with its batch shapes")
+    sizes = [int(torch.Size(s).numel()) for s in shapes]
+    if sum(sizes) != flat.numel():
+        raise ValueError("a reduction's values do not match its batch shapes")
+    return [part.reshape(s) for part, s in zip(torch.split(flat, sizes), shapes)]
+
+
 class StatisticsCache:
     """The reduced values of the tensors observed on one model and one calibration data set, in a file.
 
@@ -188,9 +202,7 @@ class StatisticsCache:
         try:
             for e in blob["entries"]:
                 key = (e["state"], e["tensor"], int(e["channel_axis"]), bool(e["inplace"]))
-                reductions = {(t, q, g): list(values) for t, q, g, values in e["reductions"]}
-                if any(not all(isinstance(v, torch.Tensor) for v in vs) for vs in reductions.values()):
-                    raise TypeError("a reduction holds a non-tensor")
+                reductions = {(t, q, g): _unpack(flat, shapes) for t, q, g, flat, shapes in e["reductions"]}
                 cache._entries[key] = {"rank": e["rank"], "shapes": e["shapes"], "batches": int(e["batches"]),
                                        "reductions": reductions}
         except (KeyError, TypeError, ValueError) as exc:
@@ -247,7 +259,7 @@ class StatisticsCache:
             return
         entries = [{"state": s, "tensor": t, "channel_axis": a, "inplace": i, "rank": e["rank"],
                     "shapes": e["shapes"], "batches": e["batches"],
-                    "reductions": [[k[0], k[1], k[2], v] for k, v in e["reductions"].items()]}
+                    "reductions": [[k[0], k[1], k[2], *_pack(v)] for k, v in e["reductions"].items()]}
                    for (s, t, a, i), e in self._entries.items()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
