@@ -121,7 +121,9 @@ def convert(prepared: fx.GraphModule, calibration_data: Iterable | None = None, 
 
     Returns:
         A new GraphModule (``prepared`` is left as it is) computing the fake-quantized model, with
-        attributes ``torchpqt_config`` (the POT params dict) and ``torchpqt_plan``.
+        attributes ``torchpqt_config`` (the POT params dict), ``torchpqt_plan`` and ``torchpqt_run`` (the
+        model parameter hash, the statistics hash and, from :func:`quantize`, the calibration samples'
+        indices, count, batch size and fingerprint: what the exporter's ``manifest.json`` records).
 
     Raises:
         TorchPQTError: ``prepared`` is not a prepared model; no calibration data reached a point; the config

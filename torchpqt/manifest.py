@@ -98,7 +98,7 @@ def run_manifest(qmodel: torch.nn.Module, ir: str | None = None) -> dict[str, An
 def write_manifest(qmodel: torch.nn.Module, path: str | Path, ir: str | None = None) -> Path:
     """Write :func:`run_manifest` as JSON to ``path``."""
     path = Path(path)
-    path.write_text(json.dumps(run_manifest(qmodel, ir), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(run_manifest(qmodel, ir), indent=2, default=str) + "\n", encoding="utf-8")
     return path
 
 

@@ -63,7 +63,7 @@ def test_pt2_model_npy_data_direct_dump(workdir, pt2_model, write_config):
     result = run_subprocess("-c", path, "-d", "--output-dir", "out", cwd=workdir)
     assert result.code == 0, result.err
     out = workdir / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["log.txt", "report.json", "tiny.bin", "tiny.xml"]
+    assert sorted(p.name for p in out.iterdir()) == ["log.txt", "manifest.json", "report.json", "tiny.bin", "tiny.xml"]
     _, compiled = _compile(out / "tiny.xml")
     sample = np.load(workdir / "calib.npy")[:1]
     reference = torch.export.load(str(pt2_model)).module()(torch.from_numpy(sample)).detach().numpy()
