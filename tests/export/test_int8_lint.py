@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("openvino")
+ov = pytest.importorskip("openvino")
 
 from torchpqt.exporters import openvino as ov_export
-from torchpqt.exporters._lint import cpu_isa_name
+from torchpqt.exporters._lint import cpu_isa_name, lint_compiled
 
 from tests.export.export_models import act_fq, weight_fq
 
@@ -46,31 +46,12 @@ def _x():
     return torch.rand(2, 4, 12, 12, generator=torch.Generator().manual_seed(1)) * 4
 
 
-def test_every_fake_quantize_feeds_an_int8_kernel(tmp_path):
-    report = ov_export.export(TwoConvs().eval(), _x(), tmp_path / "m.xml")
-    lint = report.lint
+def test_every_fake_quantize_feeds_an_int8_kernel_and_saturation_follows_the_cpu(tmp_path):
+    ov_export.export(TwoConvs().eval(), _x(), tmp_path / "m.xml", check=False)
+    lint = ov_export.lint(tmp_path / "m.xml")
     assert sorted(f.name for f in lint.fake_quantize) == ["fq_x", "fq_y"]
     assert lint.unfused == [] and lint.int8_share == 1.0 and lint.f32_weighted_ops == []
-    assert "2/2 activation FakeQuantize feed int8 kernels" in str(lint) and "int8 lint" in str(report)
-
-
-def test_a_fake_quantize_before_an_op_without_int8_kernel_is_listed(tmp_path):
-    report = ov_export.export(SinBetween().eval(), _x(), tmp_path / "m.xml")
-    lint = report.lint
-    assert [f.name for f in lint.unfused] == ["fq_sin"]
-    assert lint.unfused[0].precision == "f32"
-    assert {f.name for f in lint.fake_quantize} == {"fq_x", "fq_y", "fq_sin"}
-    text = str(lint)
-    assert "2/3 activation FakeQuantize" in text and "not int8: fq_sin" in text
-    again = ov_export.lint(tmp_path / "m.xml")  # the same from the file alone
-    assert [f.name for f in again.unfused] == ["fq_sin"]
-
-
-def test_saturation_follows_the_cpu_flags(tmp_path):
-    import openvino as ov
-    from torchpqt.exporters._lint import lint_compiled
-
-    ov_export.export(TwoConvs().eval(), _x(), tmp_path / "m.xml", check=False)
+    assert "2/2 activation FakeQuantize feed int8 kernels" in str(lint)
     saved = ov.Core().read_model(str(tmp_path / "m.xml"))
     compiled = ov.Core().compile_model(saved, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     ops = ov_export._weighted_op_precisions(compiled)
@@ -80,3 +61,15 @@ def test_saturation_follows_the_cpu_flags(tmp_path):
     assert vnni.saturates is False and vnni.faster is True and "saturate" not in str(vnni)
     assert cpu_isa_name({"avx2"}) == "AVX2 (no VNNI)" and cpu_isa_name({"avx512_vnni", "amx_int8"}) == \
         "AVX512-VNNI + AMX"
+
+
+def test_a_fake_quantize_before_an_op_without_int8_kernel_is_listed(tmp_path):
+    report = ov_export.export(SinBetween().eval(), _x(), tmp_path / "m.xml")
+    lint = report.lint
+    assert [f.name for f in lint.unfused] == ["fq_sin"]
+    assert lint.unfused[0].precision == "f32"
+    assert {f.name for f in lint.fake_quantize} == {"fq_x", "fq_y", "fq_sin"}
+    text = str(lint)
+    assert "2/3 activation FakeQuantize" in text and "not int8: fq_sin" in text and "not int8: fq_sin" in str(report)
+    again = ov_export.lint(tmp_path / "m.xml")  # the same from the file alone
+    assert [f.name for f in again.unfused] == ["fq_sin"]
