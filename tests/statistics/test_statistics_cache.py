@@ -159,3 +159,20 @@ def test_a_corrupt_cache_file_is_a_clear_error(tmp_path):
 def test_the_cache_needs_data_it_can_read_twice(tmp_path):
     with pytest.raises(TorchPQTError, match="read twice"):
         torchpqt.quantize(Counted().eval(), iter(_data(n=2)), BASE, statistics_cache=tmp_path / "s.pt")
+
+
+class _Reshuffled(list):
+    """Every read gives other values (as a shuffling DataLoader or random augmentation would)."""
+
+    reads = 0
+
+    def __iter__(self):
+        type(self).reads += 1
+        return iter([x + type(self).reads for x in list.__iter__(self)])
+
+
+def test_data_that_changes_between_reads_is_refused_not_cached(tmp_path):
+    path = tmp_path / "s.pt"
+    with pytest.raises(TorchPQTError, match="other samples on this read"):
+        torchpqt.quantize(Counted().eval(), _Reshuffled(_data(n=3)), {"stat_subset_size": 3}, statistics_cache=path)
+    assert not path.exists()

@@ -27,7 +27,7 @@ from torchpqt.algorithms.layerwise_tuning import ALGORITHM as LAYERWISE_TUNING
 from torchpqt.calibration import calibrate
 from torchpqt.errors import TorchPQTError
 from torchpqt.observer import StatisticRequest, collect, instrument, remove_probes
-from torchpqt.statistics.cache import state_hash
+from torchpqt.statistics.cache import DataFingerprint, state_hash
 from torchpqt.statistics.store import StatisticsStore
 
 __all__ = ["PIPELINE", "Schedule", "Stage", "algorithms_for", "build_schedule", "observe", "run"]
@@ -150,7 +150,14 @@ def observe(model: fx.GraphModule, requests, data, *, cache=None, progress: bool
     model.recompile()
     missing = [r for r in requests if r.point not in known]
     if missing:
-        calibrate(model, data.batches(), total=data.total(), progress=progress, desc=desc)
+        read = DataFingerprint()
+        batches = data.batches() if cache is None else read.wrap(data.batches())
+        calibrate(model, batches, total=data.total(), progress=progress, desc=desc)
+        if cache is not None and read.digest != cache.data:
+            raise TorchPQTError("calibration_data gave other samples on this read than on the first one (a "
+                                "DataLoader with shuffle=True, or random transforms?), so its statistics cannot be "
+                                "cached under its fingerprint; give data that reads the same every time, or no "
+                                "statistics_cache")
     if cache is None:
         return collect(model, requests)
     for r in missing:
