@@ -1,0 +1,523 @@
+"""Per-FakeQuantize sensitivity: which quantizer hurts the model output, and what to put in ``ignored.scope``.
+
+The model is quantized once (capture, calibration, convert: the calibration statistics are computed once and
+reused). Then, on a small held-out set (default: the first ``eval_samples`` calibration samples), the
+converted model is run with its FakeQuantize modules switched on and off (:attr:`FakeQuantize.enabled`):
+
+* ``single``: only that FakeQuantize on, every other off: the damage it does alone, against the converted
+  model with every FakeQuantize off (so what the other algorithms changed, e.g. bias correction's biases,
+  common to every row, does not mask a FakeQuantize's own noise);
+* ``leave_one_out``: every FakeQuantize on except that one, against the FP32 model: what the fully quantized
+  model gains without it;
+* ``local_sqnr_db``: the FakeQuantize's own output against its input (bypassed), in the fully quantized model.
+
+The figures are output SQNR in dB (over all float outputs together) or, with ``metric``, the user's
+``metric(outputs_reference, outputs_q) -> float`` (higher is better, e.g. accuracy on the held-out labels).
+3 + 2·N batched passes over the held-out set for N FakeQuantize modules (FP32, all off, all on, then N each).
+
+A row maps to ``ignored.scope`` as POT's ignored scope works: an ignored op loses every FakeQuantize on its
+inputs, its weights' and its activations' alike. So a row's ``scopes`` are the ops it feeds (one op for a
+weight FakeQuantize or most input ones; an activation shared by several ops feeds them all), and excluding
+the row means ignoring all of them: a weight row and the input row of the same layer give the same entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+from tqdm.auto import tqdm
+
+from torchpqt._once import call_scope
+from torchpqt.calibration import CalibrationData, calibrate, model_device, to_device
+from torchpqt.config import DefaultQuantizationConfig
+from torchpqt.errors import ConfigError, TorchPQTError
+from torchpqt.inputs import ModelInputs
+from torchpqt.quant.fake_quantize import FakeQuantize
+
+__all__ = ["Analysis", "SensitivityRow", "analyze", "fake_quantize_enabled", "sqnr_db"]
+
+logger = logging.getLogger("torchpqt")
+
+_HIST_VALUES = 200_000  # activation values kept per FakeQuantize for the report's range plots
+
+
+def sqnr_db(reference: Sequence[torch.Tensor] | torch.Tensor, test: Sequence[torch.Tensor] | torch.Tensor
+            ) -> float:
+    """``10·log10(Σ reference² / Σ (reference - test)²)`` over all the tensors together (float64 sums);
+    ``inf`` when they are equal, ``-inf`` for a zero reference with a nonzero error."""
+    refs = [reference] if isinstance(reference, torch.Tensor) else list(reference)
+    tests = [test] if isinstance(test, torch.Tensor) else list(test)
+    signal = sum(float(r.double().pow(2).sum()) for r in refs)
+    noise = sum(float((r.double() - t.double()).pow(2).sum()) for r, t in zip(refs, tests))
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def _fake_quantizers(model: nn.Module) -> dict[str, FakeQuantize]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantize)}
+
+
+@contextlib.contextmanager
+def fake_quantize_enabled(model: nn.Module, enabled: Iterable[str] | None = None) -> Iterator[None]:
+    """Inside the block only the FakeQuantize modules named in ``enabled`` (module names, as
+    ``model.named_modules()`` gives them) compute; the others pass their input through
+    (:meth:`FakeQuantize.bypass`). ``None`` enables all. Every module's switch is restored on exit.
+
+    Raises:
+        TorchPQTError: a name is not a FakeQuantize module of ``model``.
+    """
+    fqs = _fake_quantizers(model)
+    wanted = set(fqs) if enabled is None else set(enabled)
+    unknown = sorted(wanted - set(fqs))
+    if unknown:
+        raise TorchPQTError(f"fake_quantize_enabled: {unknown[:3]} are not FakeQuantize modules of the model; "
+                            f"its FakeQuantize modules are {sorted(fqs)[:5]}...")
+    before = {n: m.enabled for n, m in fqs.items()}
+    try:
+        for n, m in fqs.items():
+            m.enabled = n in wanted
+        yield
+    finally:
+        for n, m in fqs.items():
+            m.enabled = before[n]
+
+
+@dataclass(frozen=True)
+class SensitivityRow:
+    """One FakeQuantize of the converted model and how much it costs.
+
+    Attributes:
+        fake_quantize: its name as ``torchpqt.plan()`` prints it (``conv2/fq_input_0``).
+        module: its submodule name in the converted model (``conv2__fq_input_0``).
+        scope: the op scope its name starts with, as ``plan()`` prints it.
+        scopes: every op it feeds: what ``ignored.scope`` must hold to remove it.
+        group: ``weights`` or ``activations``.
+        levels, mode, granularity: its grid.
+        single: the metric with only this FakeQuantize enabled, against every FakeQuantize off (SQNR in dB
+            unless a metric was given).
+        leave_one_out: the metric with every FakeQuantize enabled except this one, against FP32.
+        local_sqnr_db: its output against its input, in the fully quantized model.
+        input_low, input_high: its range (the smallest low and the largest high when per-channel).
+    """
+
+    fake_quantize: str
+    module: str
+    scope: str
+    scopes: tuple[str, ...]
+    group: str
+    levels: int
+    mode: str
+    granularity: str
+    single: float
+    leave_one_out: float
+    local_sqnr_db: float
+    input_low: float
+    input_high: float
+    rule: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fake_quantize": self.fake_quantize, "module": self.module, "scope": self.scope,
+                "scopes": list(self.scopes), "group": self.group, "levels": self.levels, "mode": self.mode,
+                "granularity": self.granularity, "rule": self.rule, "single": _finite(self.single),
+                "leave_one_out": _finite(self.leave_one_out), "local_sqnr_db": _finite(self.local_sqnr_db),
+                "input_low": self.input_low, "input_high": self.input_high}
+
+
+def _finite(value: float) -> float | str:
+    """JSON has no infinity: ``"inf"`` / ``"-inf"`` / ``"nan"`` as strings, numbers otherwise."""
+    return value if math.isfinite(value) else str(value)
+
+
+@dataclass
+class Analysis:
+    """What :func:`analyze` measured; ``ranking`` is most sensitive first.
+
+    Attributes:
+        ranking: one :class:`SensitivityRow` per FakeQuantize, sorted by ``single`` ascending (the one that
+            hurts most alone first), ties by ``leave_one_out`` descending.
+        metric_name: ``"sqnr_db"`` or the user metric's name.
+        fp32_baseline: the metric of the converted model with every FakeQuantize off (what the algorithms
+            other than quantization change, e.g. bias correction), against FP32.
+        quantized: the metric of the fully quantized model.
+        qmodel: the converted model (every FakeQuantize enabled), as :func:`torchpqt.quantize` returns it.
+        config: the config used.
+        eval_samples: how many held-out samples the figures are computed on.
+        timings_s: seconds per phase (``capture``, ``calibration``, ``convert``, ``analysis``, ``total``).
+        passes: batched forward passes the analysis ran over the held-out set.
+        histograms: FakeQuantize module name -> a 1-D sample of its FP32 input (activations only), for the
+            report's range plots.
+    """
+
+    ranking: list[SensitivityRow]
+    metric_name: str
+    fp32_baseline: float
+    quantized: float
+    qmodel: nn.Module
+    config: DefaultQuantizationConfig
+    eval_samples: int
+    timings_s: dict[str, float]
+    passes: int
+    histograms: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    versions: dict[str, str] = field(default_factory=dict)
+    _evaluate: Callable[[set[str]], float] | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ ignored scope
+    def removed_by(self, scopes: Iterable[str]) -> list[SensitivityRow]:
+        """The rows ignoring ``scopes`` removes: those whose every consumer op is among them."""
+        chosen = set(scopes)
+        return [r for r in self.ranking if r.scopes and set(r.scopes) <= chosen]
+
+    def estimate(self, scopes: Iterable[str]) -> float:
+        """The metric with the FakeQuantize modules that ignoring ``scopes`` removes switched off (one pass
+        over the held-out set). An estimate: a real re-quantization also recomputes what depends on the
+        ignored ops (bias correction, unified scales)."""
+        if self._evaluate is None:
+            raise TorchPQTError("estimate() needs the analysis of this session (a loaded report cannot run)")
+        off = {r.module for r in self.removed_by(scopes)}
+        return self._evaluate({r.module for r in self.ranking} - off)
+
+    def suggested_scopes(self, max_layers: int | None = None, target: float | None = None) -> list[str]:
+        """The new ``ignored.scope`` entries (ops), in ranking order; see :meth:`suggest_ignored_scope`."""
+        if max_layers is None and target is None:
+            max_layers = 1
+        if max_layers is not None and (isinstance(max_layers, bool) or not isinstance(max_layers, int)
+                                       or max_layers < 1):
+            raise ConfigError(f"suggest_ignored_scope: max_layers must be an integer >= 1, got {max_layers!r}")
+        limit = max_layers if max_layers is not None else len(self.ranking) * 4
+        chosen: list[str] = []
+        if target is not None and self.quantized >= target:
+            return chosen
+        for row in self.ranking:
+            new = [s for s in row.scopes if s not in chosen]
+            if not new or len(chosen) + len(new) > limit:
+                continue
+            chosen += new
+            if target is not None and self.estimate(chosen) >= target:
+                break
+        return chosen
+
+    def suggest_ignored_scope(self, max_layers: int | None = None, target: float | None = None
+                              ) -> dict[str, Any]:
+        """An ``ignored`` section for the config, the current one plus the most sensitive layers.
+
+        Args:
+            max_layers: at most this many new ``ignored.scope`` entries (ops), taken in ranking order (a row
+                feeding several ops brings all of them, or is passed over when they do not fit).
+            target: instead (or as well), stop at the first prefix of the ranking whose :meth:`estimate`
+                reaches this metric value (dB for SQNR). Neither: ``max_layers=1``.
+
+        Returns:
+            ``{"scope": [...], ...}``: the config's ``ignored`` section with the new scopes appended, in the
+            form ``params["ignored"]`` takes (names as ``torchpqt.plan()`` prints them).
+        """
+        section = self.config.ignored.to_dict()
+        scopes = list(section.get("scope", []))
+        scopes += [s for s in self.suggested_scopes(max_layers, target) if s not in scopes]
+        section["scope"] = scopes
+        return section
+
+    def suggested_config(self, max_layers: int | None = None, target: float | None = None) -> dict[str, Any]:
+        """The config as ``{"name": "DefaultQuantization", "params": {...}}`` with the suggested ignored scope."""
+        params = self.config.to_dict()
+        params["ignored"] = self.suggest_ignored_scope(max_layers, target)
+        return {"name": "DefaultQuantization", "params": params}
+
+    # ------------------------------------------------------------------ output
+    def summary(self) -> str:
+        unit = " dB" if self.metric_name == "sqnr_db" else ""
+        lines = [f"{'FakeQuantize':<44} {'scopes':<28} {'single':>9} {'leave-1-out':>11} {'local dB':>9}"]
+        for r in self.ranking:
+            lines.append(f"{r.fake_quantize:<44} {','.join(r.scopes):<28} {r.single:>9.2f} "
+                         f"{r.leave_one_out:>11.2f} {r.local_sqnr_db:>9.2f}")
+        lines.append(f"all quantized: {self.quantized:.2f}{unit}; all FakeQuantize off: {self.fp32_baseline:.2f}"
+                     f"{unit} ({self.metric_name}, {self.eval_samples} held-out samples)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What report.json holds of the analysis."""
+        return {"metric": self.metric_name, "eval_samples": self.eval_samples, "passes": self.passes,
+                "quantized": _finite(self.quantized), "fp32_baseline": _finite(self.fp32_baseline),
+                "ranking": [r.to_dict() for r in self.ranking],
+                "suggested_ignored": self.suggest_ignored_scope(max_layers=1) if self.ranking else {},
+                "timings_s": dict(self.timings_s), "versions": dict(self.versions)}
+
+    def write_report(self, directory, *, export_report=None, histogram_layers: int = 6) -> tuple:
+        """Write ``report.html`` and ``report.json`` into ``directory`` (see :mod:`torchpqt.analysis.report`);
+        returns their paths."""
+        from torchpqt.analysis.report import write_report
+
+        return write_report(self, directory, export_report=export_report, histogram_layers=histogram_layers)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def _float_leaves(out: Any) -> list[torch.Tensor]:
+    if hasattr(out, "to_tuple") and not isinstance(out, torch.Tensor):  # transformers' ModelOutput
+        out = out.to_tuple()
+    return [x.detach() for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+
+
+def _join(outputs: list[Any]) -> Any:
+    """The outputs of several batches as one, every tensor leaf concatenated along dim 0."""
+    if len(outputs) == 1:
+        return outputs[0]
+    if hasattr(outputs[0], "to_tuple") and not isinstance(outputs[0], torch.Tensor):
+        outputs = [o.to_tuple() for o in outputs]
+    flat = [pytree.tree_flatten(o) for o in outputs]
+    leaves = [torch.cat([f[0][i] for f in flat]) if isinstance(leaf, torch.Tensor) and leaf.dim() > 0 else leaf
+              for i, leaf in enumerate(flat[0][0])]
+    return pytree.tree_unflatten(leaves, flat[0][1])
+
+
+def _run(model, batches, bar) -> list[Any]:
+    outs = []
+    with torch.no_grad():
+        for args, kwargs in batches:
+            outs.append(model(*args, **kwargs))
+            if bar is not None:
+                bar.update(1)
+    return outs
+
+
+class _Evaluator:
+    """Runs the held-out batches through the converted model with a set of FakeQuantize enabled and scores
+    its outputs against the FP32 model's."""
+
+    def __init__(self, qmodel, batches, reference_outputs: list[Any], metric):
+        self.qmodel, self.batches, self.metric, self.bar = qmodel, batches, metric, None
+        self.refs = {"fp32": self._reference(reference_outputs)}
+        self.passes = 0
+
+    def _reference(self, outs: list[Any]) -> tuple[list[torch.Tensor], Any]:
+        return [t for o in outs for t in _float_leaves(o)], (_join(outs) if self.metric is not None else None)
+
+    def keep(self, name: str, outs: list[Any]) -> None:
+        """Score later runs against ``outs`` with ``against=name``."""
+        self.refs[name] = self._reference(outs)
+
+    def score(self, outs: list[Any], against: str = "fp32") -> float:
+        ref_leaves, ref_joined = self.refs[against]
+        if self.metric is not None:
+            value = self.metric(ref_joined, _join(outs))
+            try:
+                return float(value)
+            except (TypeError, ValueError) as exc:
+                raise TorchPQTError(f"analyze(): metric returned {type(value).__name__}, not a number; return "
+                                    "a float where higher is better (e.g. accuracy)") from exc
+        test = [t for o in outs for t in _float_leaves(o)]
+        if len(test) != len(ref_leaves) or any(a.shape != b.shape for a, b in zip(ref_leaves, test)):
+            raise TorchPQTError("analyze(): the quantized model's outputs differ in structure from the FP32 model's")
+        return sqnr_db(ref_leaves, test)
+
+    def run(self, enabled: set[str]) -> list[Any]:
+        with fake_quantize_enabled(self.qmodel, enabled):
+            outs = _run(self.qmodel, self.batches, self.bar)
+        self.passes += 1
+        return outs
+
+    def __call__(self, enabled: set[str], against: str = "fp32") -> float:
+        return self.score(self.run(enabled), against)
+
+
+class _Taps:
+    """Forward hooks on every FakeQuantize: its local SQNR (output vs bypassed input) or a sample of its input."""
+
+    def __init__(self, fqs: dict[str, FakeQuantize], mode: str):
+        self.signal = dict.fromkeys(fqs, 0.0)
+        self.noise = dict.fromkeys(fqs, 0.0)
+        self.values: dict[str, list[torch.Tensor]] = {n: [] for n in fqs}
+        self.kept = dict.fromkeys(fqs, 0)
+        self.handles = [m.register_forward_hook(self._hook(n, mode)) for n, m in fqs.items()]
+
+    def _hook(self, name: str, mode: str):
+        def hook(module, inputs, output):
+            x = inputs[0].detach()
+            if mode == "local":
+                ref = module.bypass(x).double()
+                self.signal[name] += float(ref.pow(2).sum())
+                self.noise[name] += float((ref - output.detach().double()).pow(2).sum())
+            elif self.kept[name] < _HIST_VALUES:
+                flat = x.reshape(-1).float()
+                stride = max(1, flat.numel() // (_HIST_VALUES // 4))
+                part = flat[::stride][: _HIST_VALUES - self.kept[name]].cpu()
+                self.values[name].append(part)
+                self.kept[name] += part.numel()
+        return hook
+
+    def local_sqnr(self, name: str) -> float:
+        n, s = self.noise[name], self.signal[name]
+        return math.inf if n == 0.0 else (-math.inf if s == 0.0 else 10.0 * math.log10(s / n))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _reference_model(model: nn.Module) -> nn.Module:
+    """The FP32 model in eval mode without touching the user's: itself when already in eval mode."""
+    if not any(m.training for m in model.modules()):
+        return model
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(model).eval()
+
+
+def _rule(point) -> str:
+    parts = []
+    for stat in (getattr(point, "stat_min", None), getattr(point, "stat_max", None)):
+        if stat is None:
+            continue
+        text = f"{stat.side}: {stat.type}" + (f" (q={stat.outlier_prob:g})" if stat.outlier_prob is not None else "")
+        if stat.aggregator:
+            text += f", {stat.aggregator} over samples"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+
+    import torchpqt
+
+    out = {"torchpqt": torchpqt.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+           "python": platform.python_version()}
+    try:
+        import openvino
+
+        out["openvino"] = openvino.get_version()
+    except ImportError:
+        pass
+    from torchpqt.hardware.cpu_isa import cpu_flags
+
+    flags = cpu_flags() or frozenset()
+    out["cpu_isa"] = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags)
+    return out
+
+
+def analyze(model: nn.Module, calibration_data: Iterable, config=None, *, transform_fn: Callable[[Any], Any] | None = None,
+            metric: Callable[[Any, Any], float] | None = None, example_inputs=None, progress: bool | None = None,
+            eval_data: Iterable | None = None, eval_samples: int = 32, eval_batch_size: int = 32,
+            target_device: str | None = None) -> Analysis:
+    """Quantize ``model`` once and measure how much each FakeQuantize costs (see the module doc).
+
+    Args:
+        model: the FP32 model; never modified.
+        calibration_data, config, transform_fn, example_inputs, target_device: as :func:`torchpqt.quantize`.
+        metric: ``metric(outputs_reference, outputs_q) -> float``, higher is better, replacing output SQNR.
+            Each argument is the model output over the whole held-out set (tensor leaves concatenated along
+            dim 0, samples in the order of ``eval_data``, by default of ``calibration_data``); the reference
+            is the FP32 model's, or for ``single`` the converted model's with every FakeQuantize off.
+        progress: tqdm bars (default: only when stderr is a terminal).
+        eval_data: the held-out samples (read like ``calibration_data``, with ``transform_fn``); default: the
+            first ``eval_samples`` calibration samples (in the config's sampling order).
+        eval_samples: how many held-out samples.
+        eval_batch_size: samples per evaluation batch.
+
+    Returns:
+        An :class:`Analysis`; its ``qmodel`` is the quantized model with every FakeQuantize enabled.
+
+    Raises:
+        ConfigError: ``eval_samples`` / ``eval_batch_size`` below 1.
+        TorchPQTError: as :func:`torchpqt.quantize`; the metric does not return a number.
+    """
+    from torchpqt.api import _config, convert, prepare
+
+    for name, value in (("eval_samples", eval_samples), ("eval_batch_size", eval_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"analyze(): {name} must be an integer >= 1, got {value!r}")
+    with call_scope():
+        t_start = time.perf_counter()
+        cfg = _config(config, target_device)
+        data = CalibrationData(calibration_data, cfg, transform_fn)
+        batches = data.batches()
+        first = next(batches, None)
+        if first is None:
+            raise TorchPQTError("calibration_data yielded no sample; pass a non-empty iterable")
+        if example_inputs is None:
+            example_inputs = ModelInputs(*first)
+        prepared = prepare(model, example_inputs, cfg)
+        t_prepared = time.perf_counter()
+        calibrate(prepared, itertools.chain([first], batches), total=data.total(), progress=progress,
+                  desc=prepared.torchpqt_schedule.label(0))
+        t_calibrated = time.perf_counter()
+        qmodel = convert(prepared, data, progress=progress)
+        del prepared
+        t_converted = time.perf_counter()
+
+        held = CalibrationData(eval_data if eval_data is not None else calibration_data,
+                               cfg.replace(stat_subset_size=eval_samples, stat_batch_size=eval_batch_size,
+                                           **({"shuffle_data": False} if eval_data is not None else {})),
+                               transform_fn)
+        device = model_device(qmodel)
+        eval_batches = [to_device(tuple(b), device) for b in held.batches()]
+        n_eval = sum(int(next(x for x in pytree.tree_leaves(b) if isinstance(x, torch.Tensor)).shape[0])
+                     for b in eval_batches)
+        fqs = _fake_quantizers(qmodel)
+        points = {p.module_name: p for p in qmodel.torchpqt_plan.points}
+        disable = (not sys.stderr.isatty()) if progress is None else not progress
+        total = (2 * len(fqs) + 3) * len(eval_batches)
+        reference = _reference_model(model)
+        with tqdm(total=total, desc="sensitivity", unit="batch", disable=disable) as bar:
+            ev = _Evaluator(qmodel, eval_batches, _run(reference, eval_batches, bar), metric)
+            ev.bar = bar
+            taps = _Taps(fqs, "histogram")
+            try:
+                off = ev.run(set())
+            finally:
+                taps.remove()
+            baseline = ev.score(off)
+            ev.keep("off", off)
+            del off
+            hist = {n: torch.cat(v) for n, v in taps.values.items()
+                    if v and points.get(n) is not None and points[n].group != "weights"}
+            taps = _Taps(fqs, "local")
+            try:
+                quantized = ev(set(fqs))
+            finally:
+                taps.remove()
+            single = {n: ev({n}, against="off") for n in fqs}
+            loo = {n: ev(set(fqs) - {n}) for n in fqs}
+            ev.bar = None
+        evals = ev.passes + 1  # and the FP32 model's
+        rows = []
+        for n, m in fqs.items():
+            p = points.get(n)
+            il, ih = m.ranges()[:2]
+            rows.append(SensitivityRow(
+                fake_quantize=p.name if p else n, module=n,
+                scope=p.name.rsplit("/fq_", 1)[0] if p else "", scopes=tuple(getattr(p, "consumer_scopes", ())),
+                group=p.group if p else "", levels=int(m.levels), mode=str(p.spec.mode) if p else "",
+                granularity=str(p.spec.granularity) if p else "", single=single[n], leave_one_out=loo[n],
+                local_sqnr_db=taps.local_sqnr(n), input_low=float(il.min()), input_high=float(ih.max()),
+                rule=_rule(p) if p else ""))
+        rows.sort(key=lambda r: (_key(r.single), -_key(r.leave_one_out), r.fake_quantize))
+        t_end = time.perf_counter()
+        timings = {"capture": t_prepared - t_start, "calibration": t_calibrated - t_prepared,
+                   "convert": t_converted - t_calibrated, "analysis": t_end - t_converted, "total": t_end - t_start}
+        name = "sqnr_db" if metric is None else getattr(metric, "__name__", "metric")
+        logger.info("sensitivity: %d FakeQuantize on %d held-out samples, %d passes in %.1f s; most sensitive: %s",
+                    len(rows), n_eval, evals, timings["analysis"], rows[0].fake_quantize if rows else "none")
+        return Analysis(ranking=rows, metric_name=name, fp32_baseline=baseline, quantized=quantized, qmodel=qmodel,
+                        config=cfg, eval_samples=n_eval, timings_s=timings, passes=evals, histograms=hist,
+                        versions=_versions(), _evaluate=ev)
+
+
+def _key(value: float) -> float:
+    return -math.inf if math.isnan(value) else value
