@@ -75,6 +75,17 @@ def test_analysis_reuses_one_quantization_and_leaves_everything_as_it_was(outlie
     with torch.no_grad():
         assert torch.equal(qmodel(x), again(x))
     assert analysis.passes == 3 + 2 * len(fqs)
+    # the partial reruns (only what a switch changes is recomputed) give the full forward's figures exactly
+    held = [torch.cat(cal[i:i + 12]) for i in (0, 12)]
+    with torch.no_grad():
+        ref = [model(x) for x in held]
+        for row in (analysis.ranking[0], analysis.ranking[-1]):
+            with fake_quantize_enabled(qmodel, {m for m in (r.module for r in analysis.ranking)} - {row.module}):
+                assert row.leave_one_out == sqnr_db(ref, [qmodel(x) for x in held])
+            with fake_quantize_enabled(qmodel, []):
+                off = [qmodel(x) for x in held]
+            with fake_quantize_enabled(qmodel, [row.module]):
+                assert row.single == sqnr_db(off, [qmodel(x) for x in held])
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     # the fully quantized figure is the SQNR of qmodel's outputs on the held-out samples (the first 24)

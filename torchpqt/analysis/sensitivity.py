@@ -24,6 +24,7 @@ the row means ignoring all of them: a weight row and the input row of the same l
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import logging
 import math
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
@@ -283,54 +284,118 @@ def _join(outputs: list[Any]) -> Any:
     return pytree.tree_unflatten(leaves, flat[0][1])
 
 
-def _run(model, batches, bar) -> list[Any]:
-    outs = []
-    with torch.no_grad():
-        for args, kwargs in batches:
-            outs.append(model(*args, **kwargs))
-            if bar is not None:
-                bar.update(1)
-    return outs
+class _Partial(fx.Interpreter):
+    """Runs a GraphModule node by node; with ``recompute`` set, every other node takes its value from
+    ``cache`` (the FakeQuantize switches changed nothing upstream of them), and with ``record`` it keeps the
+    values of ``frontier`` nodes there."""
+
+    def __init__(self, gm, recompute=None, cache=None, record=None, frontier=frozenset()):
+        super().__init__(gm, garbage_collect_values=True)
+        self.recompute, self.cache, self.record, self.frontier = recompute, cache, record, frontier
+
+    def run_node(self, n):
+        if self.recompute is not None and n not in self.recompute and n.op not in ("placeholder", "output"):
+            return self.cache.get(n)
+        value = super().run_node(n)
+        if self.record is not None and n in self.frontier:
+            self.record[n] = value
+        return value
+
+
+class _Runner:
+    """The converted model's forward with FakeQuantize switches, recomputing after one switch changes only
+    the nodes downstream of that FakeQuantize (the rest comes from a recorded run with the same switches
+    upstream). Falls back to plain forwards when the inputs cannot be bound to the graph's placeholders."""
+
+    def __init__(self, qmodel: fx.GraphModule, names: Sequence[str]):
+        self.qmodel = qmodel
+        self.partial = isinstance(qmodel, fx.GraphModule)
+        self.downstream: dict[str, set] = {}
+        frontier: set = set()
+        if self.partial:
+            output = next(n for n in qmodel.graph.nodes if n.op == "output")
+            for name in names:
+                down, stack = {output}, [n for n in qmodel.graph.nodes if n.op == "call_module" and n.target == name]
+                while stack:
+                    node = stack.pop()
+                    if node not in down:
+                        down.add(node)
+                        stack += node.users
+                self.downstream[name] = down
+                frontier |= {a for node in down for a in node.all_input_nodes if a not in down}
+        self.frontier = frozenset(frontier)
+        try:
+            self.signature = inspect.signature(qmodel.forward)
+        except (TypeError, ValueError):
+            self.partial = False
+
+    def _flat(self, args, kwargs):
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError:
+            return None
+        return None if bound.kwargs else bound.args
+
+    def run(self, batch, enabled: set[str], *, record: dict | None = None, changed: str | None = None,
+            cache: dict | None = None):
+        """The output with ``enabled`` FakeQuantize on; ``record``: keep the frontier values; ``changed``
+        with ``cache``: only FakeQuantize ``changed`` differs from the run recorded in ``cache``."""
+        args, kwargs = batch
+        with fake_quantize_enabled(self.qmodel, enabled):
+            flat = self._flat(args, kwargs) if self.partial else None
+            if flat is None:
+                return self.qmodel(*args, **kwargs)
+            if changed is not None and cache is not None:
+                return _Partial(self.qmodel, self.downstream[changed], cache).run(*flat)
+            return _Partial(self.qmodel, record=record, frontier=self.frontier if record is not None else ()).run(*flat)
+
+
+class _Score:
+    """Accumulates the metric of one configuration over the batches: SQNR sums, or the outputs for a user
+    metric."""
+
+    def __init__(self, metric):
+        self.metric, self.signal, self.noise, self.outputs, self.refs = metric, 0.0, 0.0, [], []
+
+    def add(self, reference, output) -> None:
+        if self.metric is not None:
+            self.refs.append(reference)
+            self.outputs.append(output)
+            return
+        ref, test = _float_leaves(reference), _float_leaves(output)
+        if len(ref) != len(test) or any(a.shape != b.shape for a, b in zip(ref, test)):
+            raise TorchPQTError("analyze(): the quantized model's outputs differ in structure from the FP32 model's")
+        for r, t in zip(ref, test):
+            r = r.double()
+            self.signal += float(r.pow(2).sum())
+            self.noise += float((r - t.double()).pow(2).sum())
+
+    def value(self) -> float:
+        if self.metric is None:
+            if self.noise == 0.0:
+                return math.inf
+            return -math.inf if self.signal == 0.0 else 10.0 * math.log10(self.signal / self.noise)
+        value = self.metric(_join(self.refs), _join(self.outputs))
+        try:
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise TorchPQTError(f"analyze(): metric returned {type(value).__name__}, not a number; return "
+                                "a float where higher is better (e.g. accuracy)") from exc
 
 
 class _Evaluator:
-    """Runs the held-out batches through the converted model with a set of FakeQuantize enabled and scores
-    its outputs against the FP32 model's."""
+    """Scores a set of enabled FakeQuantize on the held-out batches against the FP32 model (for
+    :meth:`Analysis.estimate`)."""
 
-    def __init__(self, qmodel, batches, reference_outputs: list[Any], metric):
-        self.qmodel, self.batches, self.metric, self.bar = qmodel, batches, metric, None
-        self.refs = {"fp32": self._reference(reference_outputs)}
-        self.passes = 0
+    def __init__(self, runner: _Runner, batches, references: list[Any], metric):
+        self.runner, self.batches, self.references, self.metric = runner, batches, references, metric
 
-    def _reference(self, outs: list[Any]) -> tuple[list[torch.Tensor], Any]:
-        return [t for o in outs for t in _float_leaves(o)], (_join(outs) if self.metric is not None else None)
-
-    def keep(self, name: str, outs: list[Any]) -> None:
-        """Score later runs against ``outs`` with ``against=name``."""
-        self.refs[name] = self._reference(outs)
-
-    def score(self, outs: list[Any], against: str = "fp32") -> float:
-        ref_leaves, ref_joined = self.refs[against]
-        if self.metric is not None:
-            value = self.metric(ref_joined, _join(outs))
-            try:
-                return float(value)
-            except (TypeError, ValueError) as exc:
-                raise TorchPQTError(f"analyze(): metric returned {type(value).__name__}, not a number; return "
-                                    "a float where higher is better (e.g. accuracy)") from exc
-        test = [t for o in outs for t in _float_leaves(o)]
-        if len(test) != len(ref_leaves) or any(a.shape != b.shape for a, b in zip(ref_leaves, test)):
-            raise TorchPQTError("analyze(): the quantized model's outputs differ in structure from the FP32 model's")
-        return sqnr_db(ref_leaves, test)
-
-    def run(self, enabled: set[str]) -> list[Any]:
-        with fake_quantize_enabled(self.qmodel, enabled):
-            outs = _run(self.qmodel, self.batches, self.bar)
-        self.passes += 1
-        return outs
-
-    def __call__(self, enabled: set[str], against: str = "fp32") -> float:
-        return self.score(self.run(enabled), against)
+    def __call__(self, enabled: set[str]) -> float:
+        score = _Score(self.metric)
+        with torch.no_grad():
+            for batch, ref in zip(self.batches, self.references):
+                score.add(ref, self.runner.run(batch, enabled))
+        return score.value()
 
 
 class _Taps:
@@ -341,10 +406,13 @@ class _Taps:
         self.noise = dict.fromkeys(fqs, 0.0)
         self.values: dict[str, list[torch.Tensor]] = {n: [] for n in fqs}
         self.kept = dict.fromkeys(fqs, 0)
+        self.active = False
         self.handles = [m.register_forward_hook(self._hook(n, mode)) for n, m in fqs.items()]
 
     def _hook(self, name: str, mode: str):
         def hook(module, inputs, output):
+            if not self.active:
+                return
             x = inputs[0].detach()
             if mode == "local":
                 ref = module.bypass(x).double()
@@ -474,28 +542,46 @@ def analyze(model: nn.Module, calibration_data: Iterable, config=None, *, transf
         disable = (not sys.stderr.isatty()) if progress is None else not progress
         total = (2 * len(fqs) + 3) * len(eval_batches)
         reference = _reference_model(model)
-        with tqdm(total=total, desc="sensitivity", unit="batch", disable=disable) as bar:
-            ev = _Evaluator(qmodel, eval_batches, _run(reference, eval_batches, bar), metric)
-            ev.bar = bar
-            taps = _Taps(fqs, "histogram")
-            try:
-                off = ev.run(set())
-            finally:
-                taps.remove()
-            baseline = ev.score(off)
-            ev.keep("off", off)
-            del off
-            hist = {n: torch.cat(v) for n, v in taps.values.items()
-                    if v and points.get(n) is not None and points[n].group != "weights"}
-            taps = _Taps(fqs, "local")
-            try:
-                quantized = ev(set(fqs))
-            finally:
-                taps.remove()
-            single = {n: ev({n}, against="off") for n in fqs}
-            loo = {n: ev(set(fqs) - {n}) for n in fqs}
-            ev.bar = None
-        evals = ev.passes + 1  # and the FP32 model's
+        runner = _Runner(qmodel, list(fqs))
+        names, every = list(fqs), set(fqs)
+        scores = {key: _Score(metric) for key in ["off", "on", *(("single", n) for n in names),
+                                                   *(("loo", n) for n in names)]}
+        references = []
+        hist_taps, local_taps = _Taps(fqs, "histogram"), _Taps(fqs, "local")
+        try:
+            with torch.no_grad(), tqdm(total=total, desc="sensitivity", unit="batch", disable=disable) as bar:
+                for batch in eval_batches:
+                    args, kwargs = batch
+                    ref = reference(*args, **kwargs)
+                    references.append(ref)
+                    off_cache, on_cache = {}, {}
+                    hist_taps.active = True
+                    off = runner.run(batch, set(), record=off_cache)
+                    hist_taps.active = False
+                    local_taps.active = True
+                    on = runner.run(batch, every, record=on_cache)
+                    local_taps.active = False
+                    scores["off"].add(ref, off)
+                    scores["on"].add(ref, on)
+                    bar.update(3)
+                    for n in names:
+                        scores["single", n].add(off, runner.run(batch, {n}, changed=n, cache=off_cache))
+                        bar.update(1)
+                    for n in names:
+                        scores["loo", n].add(ref, runner.run(batch, every - {n}, changed=n, cache=on_cache))
+                        bar.update(1)
+                    del off_cache, on_cache, off, on
+        finally:
+            hist_taps.remove()
+            local_taps.remove()
+        taps = local_taps
+        baseline, quantized = scores["off"].value(), scores["on"].value()
+        single = {n: scores["single", n].value() for n in names}
+        loo = {n: scores["loo", n].value() for n in names}
+        hist = {n: torch.cat(v) for n, v in hist_taps.values.items()
+                if v and points.get(n) is not None and points[n].group != "weights"}
+        evals = 3 + 2 * len(names)
+        ev = _Evaluator(runner, eval_batches, references, metric)
         rows = []
         for n, m in fqs.items():
             p = points.get(n)
