@@ -23,7 +23,7 @@ from typing import Any
 
 from torchpqt.errors import TorchPQTError
 
-__all__ = ["report_sections", "write_report"]
+__all__ = ["render_html", "report_sections", "require_matplotlib", "write_html", "write_report"]
 
 _MAX_BARS = 40
 
@@ -37,6 +37,15 @@ def _matplotlib():
         raise TorchPQTError("the report's plots need matplotlib, which is not installed; run "
                             "`pip install 'torchpqt[report]'` (or pass plots=False for the tables only)") from exc
     return Figure, FigureCanvasAgg
+
+
+def require_matplotlib() -> None:
+    """Raise the clear error now when matplotlib is missing (the CLI checks before quantizing).
+
+    Raises:
+        TorchPQTError: matplotlib is not installed.
+    """
+    _matplotlib()
 
 
 def _png(fig, canvas_cls) -> str:
@@ -219,6 +228,15 @@ def render_html(analysis, export_report=None, *, histogram_layers: int = 6, plot
     return "\n".join(parts)
 
 
+def write_html(analysis, directory, *, export_report=None, histogram_layers: int = 6, plots: bool = True) -> Path:
+    """Write only ``report.html`` into ``directory`` (the CLI merges the JSON sections into its report.json)."""
+    page = render_html(analysis, export_report, histogram_layers=histogram_layers, plots=plots)
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.html").write_text(page, encoding="utf-8")
+    return folder / "report.html"
+
+
 def write_report(analysis, directory, *, export_report=None, histogram_layers: int = 6, plots: bool = True,
                  extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.json`` of ``analysis`` into ``directory`` (created when missing).
@@ -236,11 +254,9 @@ def write_report(analysis, directory, *, export_report=None, histogram_layers: i
     Raises:
         TorchPQTError: plots requested and matplotlib is not installed.
     """
-    page = render_html(analysis, export_report, histogram_layers=histogram_layers, plots=plots)
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    html_path, json_path = folder / "report.html", folder / "report.json"
-    html_path.write_text(page, encoding="utf-8")
+    html_path = write_html(analysis, directory, export_report=export_report, histogram_layers=histogram_layers,
+                           plots=plots)
+    json_path = html_path.parent / "report.json"
     sections = {**report_sections(analysis, export_report), **_jsonable(extra or {})}
     json_path.write_text(json.dumps(sections, indent=2) + "\n", encoding="utf-8")
     return html_path, json_path
