@@ -257,12 +257,14 @@ class Analysis:
                 "suggested_ignored": self.suggest_ignored_scope(max_layers=1) if self.ranking else {},
                 "timings_s": dict(self.timings_s), "versions": dict(self.versions)}
 
-    def write_report(self, directory, *, export_report=None, histogram_layers: int = 6) -> tuple:
-        """Write ``report.html`` and ``report.json`` into ``directory`` (see :mod:`torchpqt.analysis.report`);
-        returns their paths."""
+    def write_report(self, directory, *, export_report=None, histogram_layers: int = 6, plots: bool = True) -> tuple:
+        """Write ``report.html`` and ``report.json`` into ``directory``; returns their paths (see
+        :func:`torchpqt.analysis.report.write_report`: ``export_report`` adds the export check's numbers,
+        ``plots=False`` needs no matplotlib)."""
         from torchpqt.analysis.report import write_report
 
-        return write_report(self, directory, export_report=export_report, histogram_layers=histogram_layers)
+        return write_report(self, directory, export_report=export_report, histogram_layers=histogram_layers,
+                            plots=plots)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
