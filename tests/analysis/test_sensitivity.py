@@ -11,8 +11,8 @@ from outlier_model import OutlierCNN, samples
 import torchpqt
 from torchpqt.analysis import fake_quantize_enabled, sqnr_db
 
-# Measured 2026-12-04: output SQNR on 64 unseen samples 10.9 dB with every layer quantized, 28.3 dB with
-# the suggested ignored scope (+17.5 dB). The test asks for a 10 dB margin.
+# Measured 2026-12-04: output SQNR on 64 unseen samples 10.5 dB with every layer quantized, 28.7 dB with
+# the suggested ignored scope (+18.2 dB; the analysis estimated 27.4 dB). The test asks for a 10 dB margin.
 MARGIN_DB = 10.0
 
 
