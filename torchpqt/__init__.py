@@ -4,6 +4,7 @@
 :class:`FakeQuantize` modules of OpenVINO's semantics, exportable with ``torchpqt.exporters``.
 """
 
+from torchpqt.analysis import Analysis, analyze
 from torchpqt.api import QuantizationPlan, collect_statistics, convert, plan, prepare, quantize
 from torchpqt.config import DefaultQuantizationConfig, load_config
 from torchpqt.errors import (
@@ -23,6 +24,7 @@ from torchpqt.statistics.store import StatisticsStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "Analysis",
     "CalibrationError",
     "CaptureError",
     "ConfigError",
@@ -36,6 +38,7 @@ __all__ = [
     "StatisticsStore",
     "TorchPQTError",
     "__version__",
+    "analyze",
     "collect_statistics",
     "convert",
     "freeze_ranges",

@@ -40,6 +40,8 @@ class QuantizationPoint:
         return self.site.group
 
     module_name: str = ""  # the FakeQuantize's submodule name, unique in the model (set by the planner)
+    # the scope names (as ``ignored.scope`` takes them) of every op this FakeQuantize feeds (set by the planner)
+    consumer_scopes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.module_name:
@@ -63,6 +65,7 @@ class _PointRecord:
     output_scale: float
     unify_group: int | None
     site: _SiteRecord
+    consumer_scopes: tuple[str, ...] = ()
 
     @property
     def group(self) -> str:
@@ -93,7 +96,8 @@ class QuantizationPlan:
     def __reduce__(self):
         # torch.save(qmodel): keep what describes the FakeQuantize modules, not the capture-time graph nodes
         records = tuple(_PointRecord(p.name, p.module_name, p.spec, p.output_scale, p.unify_group,
-                                     _SiteRecord(p.group, list(p.site.consumer_types))) for p in self.points)
+                                     _SiteRecord(p.group, list(p.site.consumer_types)), p.consumer_scopes)
+                        for p in self.points)
         return (QuantizationPlan, (records, self.skipped, self.ignored, self.scopes))
 
     def __str__(self) -> str:

@@ -36,7 +36,8 @@ def make_plan(model: torch.nn.Module, example_inputs, cfg: DefaultQuantizationCo
             name, i = f"{base}_{i}", i + 1
         taken.add(name)
         scale = 2.0 if p.group == "weights" and p.site.edges[0].consumer in rescale else p.output_scale
-        planned.append(replace(p, module_name=name, output_scale=scale))
+        consumers = tuple(dict.fromkeys(view.scope_of(e.consumer) for e in p.site.edges))
+        planned.append(replace(p, module_name=name, output_scale=scale, consumer_scopes=consumers))
     scopes = tuple(sorted({view.scope_of(n) for n in view.ops if not view.is_const(n)}))
     qplan = QuantizationPlan(tuple(planned), {view.scope_of(n): r for n, r in placement.skipped.items()},
                              {view.scope_of(n): r for n, r in placement.ignored.items()}, scopes)

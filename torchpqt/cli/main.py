@@ -1,7 +1,7 @@
 """``torchpqt``: POT's ``pot -c config.json`` for PyTorch models.
 
     torchpqt -c config.json [--output-dir DIR] [-d] [--log-level LEVEL] [--progress-bar]
-             [--keep-uncompressed-weights] [--data SOURCE]
+             [--keep-uncompressed-weights] [--data SOURCE] [--report]
     torchpqt -q default --model SPEC --data SOURCE [--preset performance|mixed] [--name NAME]
              [--weights FILE] [--input-shape 1 3 224 224] [--statistics-cache PATH]
     torchpqt reproduce manifest.json --model SPEC --data SOURCE [--weights FILE] [--input-shape ...]
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-uncompressed-weights", action="store_true", help="keep float weights in the IR")
     p.add_argument("--statistics-cache", metavar="PATH", help="reuse / store the calibration statistics in this file "
                    "(another preset, mode, bits, aggregator or ignored scope then needs no calibration pass)")
+    p.add_argument("--report", action="store_true", help="also run the per-layer sensitivity analysis and "
+                   "write report.html (plots: pip install 'torchpqt[report]') next to report.json")
     return p
 
 
@@ -152,6 +154,10 @@ def _lint_section(check) -> dict:
 def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
     """Everything after argument parsing: config, model, data, quantize, export, report."""
     started = time.perf_counter()
+    if args.report:
+        from torchpqt.analysis.report import require_matplotlib
+
+        require_matplotlib()  # before the work: a missing extra is a one-line error, not a lost run
     cfg = load_cli_config(args)
     qconfig = DefaultQuantizationConfig.from_pot_cli(cfg.compression, cfg.params)
     model, inputs = load_model(cfg.model)
@@ -164,19 +170,36 @@ def run(args: argparse.Namespace, buffer: logging.Handler) -> None:
     logger.info("Output folder: %s", layout.log_dir)
 
     t0 = time.perf_counter()
-    qmodel = torchpqt.quantize(model, data, qconfig, example_inputs=example, target_device=qconfig.target_device,
-                               progress=args.progress_bar or sys.stderr.isatty(),
-                               statistics_cache=args.statistics_cache)
+    analysis = None
+    if args.report:  # quantizes once, then measures every FakeQuantize's cost on the first samples
+        analysis = torchpqt.analyze(model, data, qconfig, example_inputs=example, target_device=qconfig.target_device,
+                                    progress=args.progress_bar or sys.stderr.isatty(),
+                                    statistics_cache=args.statistics_cache)
+        qmodel = analysis.qmodel
+    else:
+        qmodel = torchpqt.quantize(model, data, qconfig, example_inputs=example,
+                                   target_device=qconfig.target_device,
+                                   progress=args.progress_bar or sys.stderr.isatty(),
+                                   statistics_cache=args.statistics_cache)
     t1 = time.perf_counter()
     dump = save_torch_model(qmodel, example, layout.ir_dir, cfg.model.name).name \
         if qconfig.dump_intermediate_model else None
     t2 = time.perf_counter()
     check = _export(qmodel, example, layout.xml, cfg, args.keep_uncompressed_weights)
     t3 = time.perf_counter()
+    timings = {"calibration": t1 - t0, "export": t3 - t2, "total": t3 - started}
+    extra = {}
+    if analysis is not None:
+        from torchpqt.analysis.report import report_sections, write_html
+
+        timings["calibration"] -= analysis.timings_s["analysis"]
+        timings["analysis"] = analysis.timings_s["analysis"]
+        extra = {k: v for k, v in report_sections(analysis).items() if k in ("analysis", "plan")}
+        logger.info("Saved %s (most sensitive: %s)", write_html(analysis, layout.ir_dir, export_report=check),
+                    analysis.ranking[0].fake_quantize if analysis.ranking else "none")
     write_report(layout.ir_dir / "report.json", ir=layout.xml.name, torch_model=dump,
                  config=cfg.raw, quantization_config=qconfig.to_dict(full=True), fake_quantize=fake_quantize_ranges(qmodel),
-                 timings_s={"calibration": t1 - t0, "export": t3 - t2, "total": t3 - started},
-                 export_check=check, **_tuning_section(qmodel), **_lint_section(check))
+                 timings_s=timings, export_check=check, **_tuning_section(qmodel), **_lint_section(check), **extra)
     logger.info("Saved %s (calibration %.1f s, export %.1f s)", layout.xml, t1 - t0, t3 - t2)
 
 

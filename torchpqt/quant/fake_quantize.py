@@ -208,12 +208,45 @@ class FakeQuantize(nn.Module):
             self.register_buffer(name, tensor)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.__dict__.get("_enabled", True):
+            if torch.compiler.is_exporting() or torch.jit.is_tracing():
+                raise ExportError("torchpqt.FakeQuantize: this module is disabled (fq.enabled = False, e.g. "
+                                  "inside torchpqt.analysis.fake_quantize_enabled); enable it again before "
+                                  "exporting, so the export holds every FakeQuantize")
+            return self.bypass(x)
         if self.ranges_trainable and (torch.compiler.is_exporting() or torch.jit.is_tracing()):
             raise ExportError("torchpqt.FakeQuantize: the ranges are trainable parameters, so an export "
                               "would trace their arithmetic instead of constant ranges; call "
                               "torchpqt.quant.trainable.freeze_ranges(model) (or fq.freeze()) before "
                               "exporting")
         return fake_quantize(x, *self.ranges(), self.levels)
+
+    # ------------------------------------------------------------------------ on/off switch
+
+    @property
+    def enabled(self) -> bool:
+        """False makes the forward :meth:`bypass` (no rounding, no clamping); True by default.
+
+        A plain attribute: not a buffer, so neither ``state_dict`` nor a saved model depends on it, and an
+        export of a disabled module raises instead of silently leaving the FakeQuantize out. Sensitivity
+        analysis (:func:`torchpqt.analyze`) switches modules off and on through it.
+        """
+        return self.__dict__.get("_enabled", True)
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self.__dict__["_enabled"] = bool(value)
+
+    def bypass(self, x: Tensor) -> Tensor:
+        """What the module computes without quantization: ``x`` when the output range equals the input
+        range, else the affine map from the input range onto the output range (a saturation-fixed weight,
+        stored halved with a doubled output range, comes out whole)."""
+        with torch.no_grad():
+            il, ih, ol, oh = (t.detach() for t in self.ranges())
+        if ol.shape == il.shape and oh.shape == ih.shape and torch.equal(ol, il) and torch.equal(oh, ih):
+            return x
+        scale = (oh - ol) / (ih - il)
+        return (x.float() * scale + (ol - il * scale)).to(x.dtype)  # offset 0 exactly for a symmetric range
 
     # ------------------------------------------------------------------------ trainable ranges
 
