@@ -10,31 +10,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from stderr_filter import foreign_lines
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.openvino
-RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): ")
-
-
-def foreign_lines(stderr: str) -> list[str]:
-    """stderr lines that are not a torchpqt log record or its indented continuation (as in
-    tests/export/test_clean_output.py, which checks the quickstart)."""
-    out, ours = [], False
-    for line in stderr.splitlines():
-        m = RECORD.match(line)
-        if m:
-            ours = m.group(2) == "torchpqt" or m.group(2).startswith("torchpqt.")
-        elif not line.startswith(" "):
-            ours = False
-        if not ours:
-            out.append(line)
-    return out
 
 
 def run_example(script: str, tmp_path: Path, *extra: str) -> dict:
