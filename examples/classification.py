@@ -26,7 +26,7 @@ import torchpqt
 # the fast one estimates all shifts in one pass on the FP32 model. Measured on the int8 IR (300 held-out
 # crops, 2026-12-04): top-1 agreement 0.820 with it vs 0.773 with the fast one, though the SQNR over all
 # 1000 logits is 15.2 vs 16.3 dB; the "mixed" preset did not help (0.747 with the fast correction, 0.833 with
-# BiasCorrection). Quantizing takes about 2.5 min instead of 30 s.
+# BiasCorrection). It costs time: about 2.5 min to quantize on a loaded 2-core CPU, where the fast one took 30 s.
 CONFIG = {
     "name": "DefaultQuantization",
     "params": {"target_device": "CPU", "preset": "performance", "stat_subset_size": 300,
