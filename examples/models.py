@@ -1,15 +1,17 @@
-"""Small example models with fixed, seeded weights (for the CLI examples and tests).
+"""Small example models: fixed, seeded ones for the CLI examples and tests, and the digits CNN that
+examples/qat.py trains (the test suite builds the same one).
 
-Use them from a config file as ``"model": "../models.py:small_cnn"`` (relative to the config's folder)
+Use the seeded ones from a config file as ``"model": "../models.py:small_cnn"`` (relative to the config's folder)
 or, from the repository root, as ``"examples.models:small_cnn"``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SMALL_CNN_INPUT_SHAPE", "small_cnn", "two_input_mlp"]
+__all__ = ["SMALL_CNN_INPUT_SHAPE", "DigitsCNN", "small_cnn", "two_input_mlp"]
 
 SMALL_CNN_INPUT_SHAPE = (1, 3, 32, 32)
 
@@ -52,3 +54,24 @@ class _TwoInputMLP(nn.Module):
 def two_input_mlp(seed: int = 0) -> nn.Module:
     """Two inputs ``x`` (1, 8) and ``y`` (1, 4): for .npz data sources with one array per input."""
     return _seeded(_TwoInputMLP, seed)
+
+
+class DigitsCNN(nn.Module):
+    """A CNN for sklearn's 8×8 digits, input (N, 1, 8, 8): conv-BN-ReLU ×2, max pool, depthwise conv with a
+    residual add, global pooling, linear to 10 classes. Its weights are torch's default init from the global
+    RNG, created in the order conv1, bn1, conv2, bn2, dw, fc (seed before building it for fixed weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        x = F.relu(self.dw(x)) + x
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))

@@ -22,31 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _common import check_summary  # examples/_common.py
+from models import DigitsCNN  # examples/models.py
 from torch import nn
 
 import torchpqt
 
 CONFIG = {"name": "DefaultQuantization",
           "params": {"preset": "performance", "stat_subset_size": 300, "weights": {"bits": 4}}}
-
-
-class DigitsCNN(nn.Module):
-    """conv-BN-ReLU x2, max pool, depthwise residual, global pool, linear (the test suite's digits CNN)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(32)
-        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
-        x = F.relu(self.dw(x)) + x
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 def digits():

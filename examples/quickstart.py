@@ -25,9 +25,12 @@ model = efficientnet_lite0(pretrained=True)          # FP32, eval mode
 calibration = common.image_crops(n, "calibration")   # crops of the photos scikit-learn and matplotlib ship
 evaluation = common.image_crops(n, "evaluation")     # other crops
 
+# POT's DefaultQuantization, performance preset; use_fast_bias False picks BiasCorrection over the default
+# fast one (as classification.py does): 54 of the 64 crops agree instead of 47, quantizing in about the same time
 t0 = time.perf_counter()
 qmodel = torchpqt.quantize(model, calibration, {"name": "DefaultQuantization",
-                                                "params": {"preset": "performance", "stat_subset_size": n}})
+                                                "params": {"preset": "performance", "stat_subset_size": n,
+                                                           "use_fast_bias": False}})
 print(f"quantized in {time.perf_counter() - t0:.0f} s")
 
 common.check_summary(ov_export.export(qmodel, calibration[0], out / "efficientnet_lite0_int8.xml"))

@@ -7,23 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchpqt
-
-
-class DigitsCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(32)
-        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
-        x = F.relu(self.dw(x)) + x
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+from examples.models import DigitsCNN
 
 
 @pytest.fixture(scope="module")

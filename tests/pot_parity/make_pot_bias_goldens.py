@@ -26,10 +26,7 @@ OpenVINO (``openvino.convert_model``), so IR op names agree.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -43,21 +40,7 @@ TESTS = HERE.parent
 REPO = TESTS.parent
 sys.path[:0] = [str(TESTS), str(HERE)]
 
-import models
-from make_pot_goldens import (
-    BASE,
-    N_SAMPLES,
-    OPSET,
-    OPSET_OF,
-    _as_tuple,
-    export_onnx,
-    fq_edges,
-    input_names,
-    onnx_nodes,
-    ov_keys,
-    read_ir,
-)
-from pot_keys import leaf_modules
+from make_pot_goldens import BASE, OPSET, OPSET_OF, data_record, golden_main, run_pot, run_tool
 
 MODELS = ("tiny_cnn", "mobilenet_block", "align_chain", "padded_convs", "zero_bias", "small_transformer",
           "feature_transformer")
@@ -196,31 +179,14 @@ def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_r
              out_dir: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        onnx_path = tmp / "model.onnx"
-        export_onnx(model_name, onnx_path)
-        data = models.calibration_data(model_name, N_SAMPLES)
-        names = input_names(model_name)
-        columns = list(zip(*(_as_tuple(x) for x in data)))
-        np.savez(tmp / "data.npz", **{name: torch.cat(col).numpy() for name, col in zip(names, columns)})
-        (tmp / "params.json").write_text(json.dumps(params))
-        for cmd in ([pot_python, "-c", _CONVERT, str(onnx_path), str(tmp / "fp32.xml")],
-                    [pot_python, str(HERE / "pot_f32.py"), pot_reference, str(onnx_path), str(tmp / "data.npz"),
-                     str(tmp / "params.json"), str(tmp / "dump.json"), "--save-ir", str(tmp / "ir")]):
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{case_id}: POT failed\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        dump = json.loads((tmp / "dump.json").read_text())
-        nodes, outputs = onnx_nodes(onnx_path, model_name)
-        layers, edges = read_ir(tmp / "ir" / "pot_quantized.xml")
-        ov = ov_keys(layers, edges, nodes, leaf_modules(models.build(model_name)), outputs)
-        fq_edges(dump, layers, edges, ov)
+        names, _, dump, ov = run_pot(case_id, model_name, params, pot_python, pot_reference, tmp)
+        run_tool(case_id, [pot_python, "-c", _CONVERT, str(tmp / "model.onnx"), str(tmp / "fp32.xml")])
         records = layer_records(IR(tmp / "fp32.xml"), IR(tmp / "ir" / "pot_quantized.xml"), ov)
     record = {
         "case": case_id,
         "model": model_name,
         "params": params,
-        "data": {"source": "tests/models.py calibration_data(model, n, seed=0)", "n": N_SAMPLES, "seed": 0,
-                 "npz_keys": names},
+        "data": data_record(names),
         "onnx": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET_OF.get(model_name, OPSET),
                  "torch": torch.__version__},
         "pot": {"version": "openvino-dev 2023.3.0", "runner": "shared/tools/pot_reference/pot_reference.py",
@@ -235,36 +201,16 @@ def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_r
     return path
 
 
+def _describe(path: Path) -> str:
+    rec = json.loads(path.read_text())
+    changed = sum(r["summary"].get("bias") == "changed" for r in rec["layers"].values())
+    return (f"{len(rec['layers'])} layers, {changed} biases changed, "
+            f"alignment {'fired' if rec['alignment_fired'] else 'did not fire'}")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cases", nargs="*", help="case ids (default: all)")
-    ap.add_argument("--pot-python", default=os.environ.get("POT_PYTHON"))
-    ap.add_argument("--pot-reference", default=os.environ.get(
-        "POT_REFERENCE", str(REPO.parent / "shared" / "tools" / "pot_reference" / "pot_reference.py")))
-    ap.add_argument("--out", default=str(TESTS / "data" / "pot" / "biases"))
-    ap.add_argument("--list", action="store_true")
-    args = ap.parse_args(argv)
-    table = cases()
-    if args.list:
-        print("\n".join(table))
-        return 0
-    if not args.pot_python:
-        ap.error("give the POT 2023.3 interpreter with --pot-python or POT_PYTHON")
-    if not Path(args.pot_reference).is_file():
-        ap.error(f"pot_reference.py not found at {args.pot_reference}; pass --pot-reference")
-    unknown = [c for c in args.cases if c not in table]
-    if unknown:
-        ap.error(f"unknown case ids {unknown}; see --list")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for case_id in args.cases or table:
-        model_name, params = table[case_id]
-        path = run_case(case_id, model_name, params, args.pot_python, args.pot_reference, out_dir)
-        rec = json.loads(path.read_text())
-        changed = sum(r["summary"].get("bias") == "changed" for r in rec["layers"].values())
-        print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: {len(rec['layers'])} layers, "
-              f"{changed} biases changed, alignment {'fired' if rec['alignment_fired'] else 'did not fire'}")
-    return 0
+    return golden_main(argv, __doc__.split("\n")[0], TESTS / "data" / "pot" / "biases", cases(), run_case,
+                       _describe)
 
 
 if __name__ == "__main__":

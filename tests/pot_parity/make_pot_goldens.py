@@ -317,36 +317,55 @@ def fq_edges(dump: dict, layers: dict, edges: list, ov: dict) -> None:
 # --- one case -----------------------------------------------------------------------------------------
 
 
+def run_tool(case_id: str, cmd: list[str]) -> None:
+    """Run one command of POT's interpreter; its output tail in the error if it fails."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{case_id}: POT failed\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def run_pot(case_id: str, model_name: str, params: dict, pot_python: str, pot_reference: str, tmp: Path,
+            dynamic_batch: bool = False) -> tuple[list[str], list[dict], dict, dict]:
+    """Export ``tmp/model.onnx``, save the calibration data and params, run pot_reference.py through
+    pot_f32.py (the quantized IR saved to ``tmp/ir/pot_quantized.xml``) and key its FakeQuantize dump.
+
+    Returns the ONNX input names, the ONNX nodes (:func:`onnx_nodes`), the dump (each FQ with its consumer
+    edges, see :func:`fq_edges`) and the IR op name -> torch key map (:func:`ov_keys`) of the quantized IR."""
+    onnx_path = tmp / "model.onnx"
+    export_onnx(model_name, onnx_path, dynamic_batch)
+    data = models.calibration_data(model_name, N_SAMPLES)
+    names = input_names(model_name)
+    columns = list(zip(*(_as_tuple(x) for x in data)))
+    np.savez(tmp / "data.npz", **{name: torch.cat(col).numpy() for name, col in zip(names, columns)})
+    (tmp / "params.json").write_text(json.dumps(params))
+    run_tool(case_id, [pot_python, str(HERE / "pot_f32.py"), pot_reference, str(onnx_path), str(tmp / "data.npz"),
+                       str(tmp / "params.json"), str(tmp / "dump.json"), "--save-ir", str(tmp / "ir")])
+    dump = json.loads((tmp / "dump.json").read_text())
+    nodes, outputs = onnx_nodes(onnx_path, model_name)
+    layers, edges = read_ir(tmp / "ir" / "pot_quantized.xml")
+    ov = ov_keys(layers, edges, nodes, leaf_modules(models.build(model_name)), outputs)
+    fq_edges(dump, layers, edges, ov)
+    return names, nodes, dump, ov
+
+
+def data_record(names: list[str]) -> dict:
+    return {"source": "tests/models.py calibration_data(model, n, seed=0)", "n": N_SAMPLES, "seed": 0,
+            "npz_keys": names}
+
+
 def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_reference: str,
              out_dir: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        onnx_path = tmp / "model.onnx"
         dynamic_batch = params.get("stat_batch_size", 1) > 1
-        export_onnx(model_name, onnx_path, dynamic_batch)
-        data = models.calibration_data(model_name, N_SAMPLES)
-        names = input_names(model_name)
-        columns = list(zip(*(_as_tuple(x) for x in data)))
-        np.savez(tmp / "data.npz", **{name: torch.cat(col).numpy() for name, col in zip(names, columns)})
-        (tmp / "params.json").write_text(json.dumps(params))
-        cmd = [pot_python, str(HERE / "pot_f32.py"), pot_reference, str(onnx_path), str(tmp / "data.npz"),
-               str(tmp / "params.json"), str(tmp / "dump.json"), "--save-ir", str(tmp / "ir")]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{case_id}: POT failed\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        dump = json.loads((tmp / "dump.json").read_text())
-        nodes, outputs = onnx_nodes(onnx_path, model_name)
-        layers, edges = read_ir(tmp / "ir" / "pot_quantized.xml")
-        ov = ov_keys(layers, edges, nodes, leaf_modules(models.build(model_name)), outputs)
-        fq_edges(dump, layers, edges, ov)
+        names, nodes, dump, ov = run_pot(case_id, model_name, params, pot_python, pot_reference, Path(tmp),
+                                         dynamic_batch)
     used = {e["consumer"] for rec in dump.values() for e in rec["edges"]}
     used |= {rec["producer"].rsplit(":", 1)[0] for rec in dump.values()}
     record = {
         "case": case_id,
         "model": model_name,
         "params": params,
-        "data": {"source": "tests/models.py calibration_data(model, n, seed=0)", "n": N_SAMPLES, "seed": 0,
-                 "npz_keys": names},
+        "data": data_record(names),
         "onnx": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET_OF.get(model_name, OPSET),
                  "torch": torch.__version__,
                  "dynamic_batch": dynamic_batch},
@@ -365,16 +384,19 @@ def run_case(case_id: str, model_name: str, params: dict, pot_python: str, pot_r
     return path
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def golden_main(argv, description: str, default_out: Path, table: dict[str, tuple[str, dict]], run_case,
+                describe) -> int:
+    """The command line both golden makers share: case ids, POT's interpreter and runner, the output folder;
+    ``run_case(case_id, model, params, pot_python, pot_reference, out_dir) -> path``, ``describe(path)`` the
+    line printed after each case."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("cases", nargs="*", help="case ids (default: all)")
     ap.add_argument("--pot-python", default=os.environ.get("POT_PYTHON"))
     ap.add_argument("--pot-reference", default=os.environ.get(
         "POT_REFERENCE", str(REPO.parent / "shared" / "tools" / "pot_reference" / "pot_reference.py")))
-    ap.add_argument("--out", default=str(TESTS / "data" / "pot"))
+    ap.add_argument("--out", default=str(default_out))
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args(argv)
-    table = cases()
     if args.list:
         print("\n".join(table))
         return 0
@@ -390,9 +412,13 @@ def main(argv=None) -> int:
     for case_id in args.cases or table:
         model_name, params = table[case_id]
         path = run_case(case_id, model_name, params, args.pot_python, args.pot_reference, out_dir)
-        print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: "
-              f"{len(json.loads(path.read_text())['fake_quantize'])} FakeQuantize")
+        print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: {describe(path)}")
     return 0
+
+
+def main(argv=None) -> int:
+    return golden_main(argv, __doc__.split("\n")[0], TESTS / "data" / "pot", cases(), run_case,
+                       lambda path: f"{len(json.loads(path.read_text())['fake_quantize'])} FakeQuantize")
 
 
 if __name__ == "__main__":
