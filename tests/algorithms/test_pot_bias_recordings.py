@@ -115,7 +115,10 @@ def test_alignment_fires_where_pot_aligned_and_gives_its_weights(case):
         fq = _weight_fq(record, rec["key"])
         ratio = float(np.median(np.asarray(fq["ol"]) / np.asarray(fq["il"]))) if fq else 1.0
         got = layer.weight.numpy() / ratio
-        assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max(), module_path(node)
+        # 1e-5 of the largest weight: the aligned weights come from float32 activation statistics whose sums
+        # depend on the CPU's conv kernels (2.4e-6 measured on an AMX machine against POT's recording); a
+        # wrong alignment factor is off by percents
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), module_path(node)
         # POT flags the aligned consumers for the saturation fix (need_rescale)
         if node.name in rescale:
             assert rec["summary"]["weights"] == "halved" or ratio == 2.0
