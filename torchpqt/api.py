@@ -7,12 +7,13 @@ import copy
 import itertools
 import logging
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import fx
 
+from torchpqt import distributed as _dist
 from torchpqt._once import call_scope
 from torchpqt.algorithms import pipeline
 from torchpqt.calibration import CalibrationData, calibrate, check_statistics_finite
@@ -96,7 +97,7 @@ def collect_statistics(prepared: fx.GraphModule) -> StatisticsStore:
 
 def convert(prepared: fx.GraphModule, calibration_data: Iterable | None = None, *,
             statistics: StatisticsStore | None = None, transform_fn: Callable[[Any], Any] | None = None,
-            progress: bool | None = None) -> fx.GraphModule:
+            progress: bool | None = None, distributed: bool | None = None) -> fx.GraphModule:
     """Run the config's algorithms on the calibrated model: FakeQuantize modules replace the observers and
     the weights get theirs.
 
@@ -106,9 +107,14 @@ def convert(prepared: fx.GraphModule, calibration_data: Iterable | None = None, 
             calibration pass, bias correction, layerwise tuning: ``prepared.torchpqt_schedule.data_needs()``);
             give the same data as the loop, read as :func:`quantize` reads it. Not read otherwise.
         statistics: the first pass's statistics (e.g. a store saved after calibration and loaded here)
-            instead of the prepared model's observers.
+            instead of the prepared model's observers. Taken as the statistics of all the data: not merged
+            across ranks (merge them with :func:`torchpqt.distributed.all_gather_statistics` first).
         transform_fn: maps a ``calibration_data`` item to model inputs.
         progress: progress bars for the passes convert() runs (default: only when stderr is a terminal).
+        distributed: None (default): when a ``torch.distributed`` default group with more than one rank is
+            initialized, each rank's calibration loop and ``calibration_data`` are its shard and the statistics
+            are merged across the ranks (see :mod:`torchpqt.distributed`); every rank must call convert().
+            False: this rank converts on its own data alone. True: like None, but an error without a group.
 
     Returns:
         A new GraphModule (``prepared`` is left as it is) computing the fake-quantized model, with
@@ -119,36 +125,54 @@ def convert(prepared: fx.GraphModule, calibration_data: Iterable | None = None, 
             needs the calibration data again and none was given.
     """
     with call_scope():
-        qplan, schedule = _prepared_parts(prepared)
-        cfg = prepared.torchpqt_config
-        if statistics is None:
+        return _convert(prepared, calibration_data, statistics=statistics, transform_fn=transform_fn,
+                        progress=progress, sharded=_dist.enabled(distributed))
+
+
+def _convert(prepared, calibration_data, *, statistics, transform_fn, progress, sharded: bool,
+             local_empty_ok: bool = False) -> fx.GraphModule:
+    qplan, schedule = _prepared_parts(prepared)
+    cfg = prepared.torchpqt_config
+    if statistics is None:
+        if sharded:
+            def local() -> StatisticsStore:
+                check_statistics_finite(prepared, qplan.points)
+                return collect_statistics(prepared)
+            store = _dist.agree(local, "convert()")
+            if not local_empty_ok:
+                _dist.check_every_rank_collected(store)
+            store = _dist.all_gather_statistics(store)
+        else:
             check_statistics_finite(prepared, qplan.points)
-        store = statistics if statistics is not None else collect_statistics(prepared)
-        data = calibration_data
-        if data is not None and not isinstance(data, CalibrationData):
-            data = CalibrationData(data, cfg, transform_fn)
-        pipeline.check_covered(store, schedule.stages[0].requests)
-        needs = schedule.data_needs()
-        if needs and data is None:
-            raise TorchPQTError(
-                "convert(): this config needs the calibration data again for " + "; ".join(needs) + ". Call "
-                "torchpqt.convert(prepared, calibration_data) with the data of your calibration loop (and its "
-                "transform_fn), or use torchpqt.quantize()")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
-            qm = copy.deepcopy(prepared)  # keeps none of prepared's torchpqt_* attributes
-        qm.torchpqt_plan = qplan
-        remove_probes(qm, schedule.stages[0].requests)
-        qm, _ = pipeline.run(qm, schedule, store, cfg, data, progress=progress)
-        finalize(qm)
-        del qm.torchpqt_fq_params  # the FakeQuantize modules hold the result
-        qm.torchpqt_config = {"name": "DefaultQuantization", "params": cfg.to_dict(full=True)}
-        return qm
+            store = collect_statistics(prepared)
+    else:
+        store = statistics
+    data = calibration_data
+    if data is not None and not isinstance(data, CalibrationData):
+        data = (_dist.DistributedCalibrationData(data, cfg, transform_fn) if sharded
+                else CalibrationData(data, cfg, transform_fn))
+    pipeline.check_covered(store, schedule.stages[0].requests)
+    needs = schedule.data_needs()
+    if needs and data is None:
+        raise TorchPQTError(
+            "convert(): this config needs the calibration data again for " + "; ".join(needs) + ". Call "
+            "torchpqt.convert(prepared, calibration_data) with the data of your calibration loop (and its "
+            "transform_fn), or use torchpqt.quantize()")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
+        qm = copy.deepcopy(prepared)  # keeps none of prepared's torchpqt_* attributes
+    qm.torchpqt_plan = qplan
+    remove_probes(qm, schedule.stages[0].requests)
+    qm, _ = pipeline.run(qm, schedule, store, cfg, data, progress=progress)
+    finalize(qm)
+    del qm.torchpqt_fq_params  # the FakeQuantize modules hold the result
+    qm.torchpqt_config = {"name": "DefaultQuantization", "params": cfg.to_dict(full=True)}
+    return qm
 
 
 def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *, example_inputs=None,
              target_device: str | None = None, transform_fn: Callable[[Any], Any] | None = None,
-             progress: bool | None = None) -> fx.GraphModule:
+             progress: bool | None = None, distributed: bool | None = None) -> fx.GraphModule:
     """Quantize ``model`` in one call: capture, calibrate on ``calibration_data``, convert.
 
     Args:
@@ -163,12 +187,21 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
         target_device: overrides ``config.target_device``.
         transform_fn: maps an item to model inputs, e.g. ``lambda item: item[0]`` for ``(x, label)``.
         progress: show a progress bar (default: only when stderr is a terminal).
+        distributed: None (default): when a ``torch.distributed`` default group with more than one rank is
+            initialized, ``calibration_data`` is this rank's shard of the calibration set (the set is the
+            shards' concatenation in rank order, ``stat_subset_size`` counts over all of it) and every rank
+            returns the model one process computes on that set (see :mod:`torchpqt.distributed`); every rank
+            must call quantize(). False: this rank quantizes on its own data alone. True: like None, but an
+            error without a group.
 
     Returns:
         The fake-quantized model (see :func:`convert`).
     """
     with call_scope():
         cfg = _config(config, target_device)
+        sharded = _dist.enabled(distributed)
+        if sharded:
+            return _quantize_sharded(model, calibration_data, cfg, example_inputs, transform_fn, progress)
         data = CalibrationData(calibration_data, cfg, transform_fn)
         batches = data.batches()
         first = next(batches, None)
@@ -179,4 +212,27 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
         prepared = prepare(model, example_inputs, cfg)
         calibrate(prepared, itertools.chain([first], batches), total=data.total(), progress=progress,
                   desc=prepared.torchpqt_schedule.label(0))
-        return convert(prepared, data, progress=progress)
+        return _convert(prepared, data, statistics=None, transform_fn=None, progress=progress, sharded=False)
+
+
+def _quantize_sharded(model, calibration_data, cfg, example_inputs, transform_fn, progress) -> fx.GraphModule:
+    """quantize() on this rank's shard (see :mod:`torchpqt.distributed`)."""
+    def first_batch():  # the shard's first item, whether or not the sampler selects it: capture needs one
+        nonlocal calibration_data
+        if isinstance(calibration_data, Iterator):
+            head = list(itertools.islice(calibration_data, 1))
+            calibration_data = itertools.chain(head, calibration_data)
+        else:
+            head = list(itertools.islice(iter(calibration_data), 1))
+        flat = cfg.replace(shuffle_data=False, stat_subset_size=None)
+        return next(CalibrationData(head, flat, transform_fn).batches(), None)
+
+    first = _dist.agree(first_batch, "reading the calibration data")
+    _dist.check_shards(_dist.gather_flags(first is not None))
+    if example_inputs is None:
+        example_inputs = ModelInputs(*first)
+    prepared = _dist.agree(lambda: prepare(model, example_inputs, cfg), "prepare()")
+    data = _dist.DistributedCalibrationData(calibration_data, cfg, transform_fn)
+    _dist.calibrate_pass(prepared, data, progress=progress, desc=prepared.torchpqt_schedule.label(0))
+    return _convert(prepared, data, statistics=None, transform_fn=None, progress=progress, sharded=True,
+                    local_empty_ok=True)

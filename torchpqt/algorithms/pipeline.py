@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
+from torchpqt import distributed
 from torchpqt.algorithms import (
     bias_correction,
     channel_alignment,
@@ -140,20 +141,28 @@ def run(model: fx.GraphModule, schedule: Schedule, store: StatisticsStore, confi
         progress: bool | None = None) -> tuple[fx.GraphModule, StatisticsStore]:
     """Apply every stage to ``model`` (convert()'s working copy, first-pass probes removed): run the later
     passes on ``data`` (a :class:`~torchpqt.calibration.CalibrationData`), then each algorithm. Returns the
-    model and the store with every pass's statistics."""
+    model and the store with every pass's statistics. With a
+    :class:`~torchpqt.distributed.DistributedCalibrationData` the passes are sharded across the ranks."""
+    sharded = isinstance(data, distributed.DistributedCalibrationData)
     for i, stage in enumerate(schedule.stages):
         if i and stage.requests:
             instrument(model, stage.requests)
             model.graph.lint()
             model.recompile()
-            calibrate(model, data.batches(), total=data.total(), progress=progress, desc=schedule.label(i))
-            store = store.merge(collect(model, stage.requests))
+            if sharded:  # this rank's samples, then every rank's statistics merged in rank order
+                distributed.calibrate_pass(model, data, progress=progress, desc=schedule.label(i))
+                part = distributed.all_gather_statistics(collect(model, stage.requests), data.group)
+            else:
+                calibrate(model, data.batches(), total=data.total(), progress=progress, desc=schedule.label(i))
+                part = collect(model, stage.requests)
+            store = store.merge(part)
             remove_probes(model, stage.requests)
         check_covered(store, stage.requests)
         if data is not None:
             data.progress = progress
         for name in stage.algorithms:
             algorithm = _registered(name)
+            # sharded: a data-driven algorithm reads every rank's samples (gathered), see torchpqt.distributed
             model = algorithm.apply(model, model.torchpqt_plan, store, config,
-                                    data=data if algorithm.needs_data else None)
+                                    data=(data.gathered() if sharded else data) if algorithm.needs_data else None)
     return model, store
