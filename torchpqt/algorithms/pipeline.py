@@ -25,7 +25,7 @@ from torchpqt.algorithms import (
 )
 from torchpqt.algorithms.base import Algorithm
 from torchpqt.algorithms.layerwise_tuning import ALGORITHM as LAYERWISE_TUNING
-from torchpqt.calibration import calibrate
+from torchpqt.calibration import calibrate, model_device
 from torchpqt.errors import TorchPQTError
 from torchpqt.observer import StatisticRequest, collect, instrument, remove_probes
 from torchpqt.statistics.store import StatisticsStore
@@ -144,6 +144,7 @@ def run(model: fx.GraphModule, schedule: Schedule, store: StatisticsStore, confi
     model and the store with every pass's statistics. With a
     :class:`~torchpqt.distributed.DistributedCalibrationData` the passes are sharded across the ranks."""
     sharded = isinstance(data, distributed.DistributedCalibrationData)
+    device = model_device(model)
     for i, stage in enumerate(schedule.stages):
         if i and stage.requests:
             instrument(model, stage.requests)
@@ -165,4 +166,5 @@ def run(model: fx.GraphModule, schedule: Schedule, store: StatisticsStore, confi
             # sharded: a data-driven algorithm reads every rank's samples (gathered), see torchpqt.distributed
             model = algorithm.apply(model, model.torchpqt_plan, store, config,
                                     data=(data.gathered() if sharded else data) if algorithm.needs_data else None)
+            model.to(device)  # the FakeQuantize modules and tensors an algorithm made join the model's device
     return model, store
