@@ -3,6 +3,7 @@ where FakeQuantize goes, ``collect_statistics`` to keep what calibration measure
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -125,8 +126,10 @@ def convert(prepared: fx.GraphModule, calibration_data: Iterable | None = None, 
             needs the calibration data again and none was given.
     """
     with call_scope():
-        return _convert(prepared, calibration_data, statistics=statistics, transform_fn=transform_fn,
-                        progress=progress, sharded=_dist.enabled(distributed))
+        sharded = _dist.enabled(distributed)
+        with _dist.log_on_rank_zero() if sharded else contextlib.nullcontext():
+            return _convert(prepared, calibration_data, statistics=statistics, transform_fn=transform_fn,
+                            progress=progress, sharded=sharded)
 
 
 def _convert(prepared, calibration_data, *, statistics, transform_fn, progress, sharded: bool,
@@ -201,7 +204,8 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
         cfg = _config(config, target_device)
         sharded = _dist.enabled(distributed)
         if sharded:
-            return _quantize_sharded(model, calibration_data, cfg, example_inputs, transform_fn, progress)
+            with _dist.log_on_rank_zero():
+                return _quantize_sharded(model, calibration_data, cfg, example_inputs, transform_fn, progress)
         data = CalibrationData(calibration_data, cfg, transform_fn)
         batches = data.batches()
         first = next(batches, None)

@@ -45,6 +45,7 @@ quantizes on its own data alone); ``distributed=True`` requires an initialized g
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -79,6 +80,24 @@ def enabled(distributed: bool | None = None, group=None) -> bool:
                             "torchrun (or call torch.distributed.init_process_group) first, or pass "
                             "distributed=None/False")
     return ready and dist.get_world_size(group) > 1
+
+
+class _RankZeroInfo(logging.Filter):
+    """torchpqt's INFO/DEBUG lines from rank 0 only: every rank makes the same decisions."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or dist.get_rank() == 0
+
+
+@contextlib.contextmanager
+def log_on_rank_zero():
+    """While sharded: one INFO line per decision (rank 0's), not one per rank; warnings from every rank."""
+    filt = _RankZeroInfo()
+    logger.addFilter(filt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(filt)
 
 
 def _gather(obj: Any, group=None) -> list[Any]:
@@ -316,6 +335,7 @@ def calibrate_pass(model: torch.nn.Module, data: DistributedCalibrationData, *, 
         TorchPQTError: on every rank when a rank failed, or when no rank had a selected sample.
     """
     local = data.local()
+    progress = progress if data.rank == 0 else False  # one bar, rank 0's
 
     def run() -> int:
         batches = local.batches()
