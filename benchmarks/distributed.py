@@ -1,9 +1,10 @@
 """Sharded calibration: what merging the ranks' statistics costs, and 2 ranks against 1 on the same samples.
 
 For each model, ``--samples`` calibration samples at batch 1, one torch thread per process:
-  * ``1 rank``: one process, ``torchpqt.quantize(model, samples, distributed=False)``;
-  * ``2 ranks``: two gloo processes (torch.multiprocessing), each ``quantize(model, its half)``; the wall
-    time is from a barrier before the call to a barrier after it (process start and import not counted);
+  * ``1 rank``: one process, ``torchpqt.quantize(model, samples)`` (a gloo group of one: not sharded);
+  * ``2 ranks``: two gloo processes (torch.multiprocessing), each ``quantize(model, its half)``.
+Every process is fresh and warmed by one small quantize() first; the wall time is from a barrier before the
+call to a barrier after it (process start, imports and the warm-up not counted).
   * ``merge``: the time the ranks spend in ``torchpqt.distributed.all_gather_statistics`` (the gather of the
     reduced statistics and their merge in rank order), against the time of their calibration pass.
 Medians of ``--repeat`` interleaved runs; the ratios are what we report. Every 2-rank result is checked equal
@@ -85,6 +86,8 @@ def _rank(rank: int, world: int, init: str, out: str, name: str, n: int, config:
     torch.distributed.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     model, data = build(name, n)
     shard = data[rank * n // world:(rank + 1) * n // world]
+    # warm: a fresh process's first capture pays one-time imports and caches (both sides pay them alike)
+    torchpqt.quantize(model, data[:2], CONFIGS[config], progress=False, distributed=False)
     timing = {"merge": 0.0, "calibrate": 0.0, "bytes": 0}
     gather, calibrate = tdist.all_gather_statistics, tdist.calibrate_pass
 
@@ -111,19 +114,12 @@ def _rank(rank: int, world: int, init: str, out: str, name: str, n: int, config:
     torch.distributed.destroy_process_group()
 
 
-def two_ranks(name: str, n: int, config: str) -> tuple[list[dict], dict]:
+def ranks(world: int, name: str, n: int, config: str) -> tuple[list[dict], dict]:
+    """``world`` fresh processes (1: a group of one, i.e. plain single-process quantize())."""
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_rank, args=(2, os.path.join(tmp, "init"), tmp, name, n, config), nprocs=2, join=True)
-        parts = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(2)]
+        mp.spawn(_rank, args=(world, os.path.join(tmp, "init"), tmp, name, n, config), nprocs=world, join=True)
+        parts = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(world)]
     return [p["timing"] for p in parts], parts[0]["ranges"]
-
-
-def one_rank(name: str, n: int, config: str) -> tuple[float, dict]:
-    torch.set_num_threads(1)
-    model, data = build(name, n)
-    t0 = time.perf_counter()
-    q = torchpqt.quantize(model, data, CONFIGS[config], progress=False, distributed=False)
-    return time.perf_counter() - t0, ranges(q)
 
 
 def isa() -> str:
@@ -147,10 +143,10 @@ def main() -> None:
     for name in args.models:
         ones, twos = [], []
         for _ in range(args.repeat):  # interleaved
-            t1, ref = one_rank(name, args.samples, args.config)
-            timings, got = two_ranks(name, args.samples, args.config)
+            single, ref = ranks(1, name, args.samples, args.config)
+            timings, got = ranks(2, name, args.samples, args.config)
             assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref), "2 ranks != 1"
-            ones.append(t1)
+            ones.append(single[0]["wall"])
             twos.append(timings)
         wall1 = statistics.median(ones)
         wall2 = statistics.median(max(t["wall"] for t in ts) for ts in twos)

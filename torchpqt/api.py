@@ -156,11 +156,17 @@ def _convert(prepared, calibration_data, *, statistics, transform_fn, progress, 
                 else CalibrationData(data, cfg, transform_fn))
     pipeline.check_covered(store, schedule.stages[0].requests)
     needs = schedule.data_needs()
-    if needs and data is None:
-        raise TorchPQTError(
-            "convert(): this config needs the calibration data again for " + "; ".join(needs) + ". Call "
-            "torchpqt.convert(prepared, calibration_data) with the data of your calibration loop (and its "
-            "transform_fn), or use torchpqt.quantize()")
+
+    def check_data() -> None:
+        if needs and data is None:
+            raise TorchPQTError(
+                "convert(): this config needs the calibration data again for " + "; ".join(needs) + ". Call "
+                "torchpqt.convert(prepared, calibration_data) with the data of your calibration loop (and its "
+                "transform_fn), or use torchpqt.quantize()")
+    if sharded:  # every rank hears of one rank's missing data
+        _dist.agree(check_data, "convert()")
+    else:
+        check_data()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
         qm = copy.deepcopy(prepared)  # keeps none of prepared's torchpqt_* attributes

@@ -334,15 +334,14 @@ def calibrate_pass(model: torch.nn.Module, data: DistributedCalibrationData, *, 
     Raises:
         TorchPQTError: on every rank when a rank failed, or when no rank had a selected sample.
     """
-    local = data.local()
     progress = progress if data.rank == 0 else False  # one bar, rank 0's
 
     def run() -> int:
-        batches = local.batches()
+        batches = data.batches()  # this rank's selected samples (an iterator read twice is an error here)
         first = next(batches, None)
         if first is None:
             return 0
-        return calibrate(model, itertools.chain([first], batches), total=local.total(), progress=progress,
+        return calibrate(model, itertools.chain([first], batches), total=data.total(), progress=progress,
                          desc=desc)
 
     seen = _gather(agree(run, f"calibration pass {desc!r}", data.group), data.group)
