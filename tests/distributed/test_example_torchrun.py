@@ -18,6 +18,6 @@ def test_torchrun_example_matches_one_process():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                           str(REPO / "examples" / "distributed_calibration.py"), "--quick"],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+                         check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "identical to one process on all photos: True" in out.stdout, out.stdout
