@@ -56,7 +56,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from torchpqt.calibration import CalibrationData, _num_samples, calibrate
+from torchpqt.calibration import CalibrationData, _num_samples, calibrate, to_device
 from torchpqt.errors import ConfigError, TorchPQTError
 from torchpqt.inputs import ModelInputs, split_inputs
 from torchpqt.statistics.store import StatisticsStore
@@ -156,10 +156,11 @@ def shard_size(data: Iterable, transform_fn: Callable | None = None, *, items: b
     """The samples (``items=True``: the items) of one rank's shard, or None for an unsized iterable.
 
     A list or tuple counts the samples of its items (after ``transform_fn``), a DataLoader with a batch size
-    its dataset (less ``drop_last``'s remainder), any other sized object one sample per item.
+    its dataset (less ``drop_last``'s remainder), any other sized object one sample per item. Items are counted
+    only where they can be indexed (shuffle_data's sampler picks items by index).
     """
-    if items:
-        return len(data) if hasattr(data, "__len__") else None
+    if items:  # shuffle_data's sampler indexes the items
+        return len(data) if hasattr(data, "__len__") and hasattr(data, "__getitem__") else None
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
         return sum(_num_samples(split_inputs(transform_fn(x) if transform_fn is not None else x)) for x in data)
     dataset = getattr(data, "dataset", None)
@@ -228,19 +229,16 @@ class DistributedCalibrationData(CalibrationData):
         if bad:
             raise ConfigError(
                 f"distributed calibration with stat_subset_size or shuffle_data needs every rank's shard size, "
-                f"but the calibration_data of rank(s) {bad} has no len() (a generator or iterator); fix: pass "
-                "a list, a Dataset or a DataLoader, or leave stat_subset_size unset and give each rank exactly "
-                "its share")
+                f"but the calibration_data of rank(s) {bad} has no len() (a generator or iterator), or is not "
+                "indexable while shuffle_data is set (a DataLoader); fix: pass a list or a Dataset (a DataLoader "
+                "without shuffle_data), or leave stat_subset_size unset and give each rank exactly its share")
         return sizes
 
     def _selection(self) -> tuple[Iterable, Any, list[Any]]:
         """(this rank's data, its config, one global sort key per item of that data)."""
         cfg = self.config
         if cfg.shuffle_data:
-            if not (hasattr(self.data, "__len__") and hasattr(self.data, "__getitem__")):
-                raise ConfigError("shuffle_data=true needs an indexable dataset (with __len__ and __getitem__) on "
-                                  "every rank; pass the Dataset itself rather than a DataLoader or generator")
-            sizes = self.sizes(items=True)
+            sizes = self.sizes(items=True)  # raises on every rank when one cannot be indexed
             total = sum(sizes)
             k = total if cfg.stat_subset_size is None else min(cfg.stat_subset_size, total)
             # POT's sampler over the global index space (calibration._items on the concatenated dataset)
@@ -304,9 +302,12 @@ class DistributedCalibrationData(CalibrationData):
 
     def _gathered_batches(self) -> Iterator:
         data, cfg, keys = self._selection()
-        rows = list(CalibrationData(data, cfg.replace(stat_batch_size=1), self.transform_fn).batches())
+        one_each = CalibrationData(data, cfg.replace(stat_batch_size=1), self.transform_fn)
+        batches = agree(lambda: list(one_each.batches()), "reading the calibration data", self.group)
+        origins = [b.origin for b in batches]
+        rows = [to_device(tuple(b), torch.device("cpu")) for b in batches]  # sent as host data: any backend
         if self.config.shuffle_data:  # one global key per item: its sampler position
-            keyed = [((keys[b.origin[0][0]], b.origin[0][1]), (tuple(b[0]), dict(b[1]))) for b in rows]
+            keyed = [((keys[o[0][0]], o[0][1]), (tuple(b[0]), dict(b[1]))) for o, b in zip(origins, rows)]
         else:  # the concatenation in rank order
             keyed = [((self.rank, i), (tuple(b[0]), dict(b[1]))) for i, b in enumerate(rows)]
         everything = sorted((kv for part in _gather(keyed, self.group) for kv in part), key=lambda kv: kv[0])

@@ -24,6 +24,7 @@ def test_shard_sizes_count_samples():
     assert tdist.shard_size(two_rows, items=True) == 2
     loader = torch.utils.data.DataLoader(torch.zeros(10, 3), batch_size=4, drop_last=True)
     assert tdist.shard_size(loader) == 8
+    assert tdist.shard_size(loader, items=True) is None  # not indexable: no shuffle_data over it
     assert tdist.shard_size(iter(two_rows)) is None
 
 
