@@ -30,7 +30,7 @@ def test_public_api():
 
 
 def test_public_api_of_the_pipeline():
-    for name in ("collect_statistics", "StatisticsStore", "ModelInputs"):
+    for name in ("collect_statistics", "StatisticsStore", "ModelInputs", "distributed"):
         assert name in torchpqt.__all__ and hasattr(torchpqt, name), name
 
 

@@ -4,6 +4,7 @@
 :class:`FakeQuantize` modules of OpenVINO's semantics, exportable with ``torchpqt.exporters``.
 """
 
+from torchpqt import distributed
 from torchpqt.analysis import Analysis, analyze
 from torchpqt.api import QuantizationPlan, collect_statistics, convert, plan, prepare, quantize
 from torchpqt.config import DefaultQuantizationConfig, load_config
@@ -41,6 +42,7 @@ __all__ = [
     "analyze",
     "collect_statistics",
     "convert",
+    "distributed",
     "freeze_ranges",
     "load",
     "load_config",

@@ -3,6 +3,7 @@ where FakeQuantize goes, ``collect_statistics`` to keep what calibration measure
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from torchpqt import distributed as _dist
 from torchpqt._once import call_scope
 from torchpqt.algorithms import pipeline
 from torchpqt.calibration import CalibrationData, calibrate, check_statistics_finite
@@ -105,7 +107,7 @@ def collect_statistics(prepared: fx.GraphModule) -> StatisticsStore:
 
 def convert(prepared: fx.GraphModule, calibration_data: Iterable | None = None, *,
             statistics: StatisticsStore | None = None, transform_fn: Callable[[Any], Any] | None = None,
-            progress: bool | None = None) -> fx.GraphModule:
+            progress: bool | None = None, distributed: bool | None = None) -> fx.GraphModule:
     """Run the config's algorithms on the calibrated model: FakeQuantize modules replace the observers and
     the weights get theirs.
 
@@ -115,9 +117,14 @@ def convert(prepared: fx.GraphModule, calibration_data: Iterable | None = None, 
             calibration pass, bias correction, layerwise tuning: ``prepared.torchpqt_schedule.data_needs()``);
             give the same data as the loop, read as :func:`quantize` reads it. Not read otherwise.
         statistics: the first pass's statistics (e.g. a store saved after calibration and loaded here)
-            instead of the prepared model's observers.
+            instead of the prepared model's observers. Taken as the statistics of all the data: not merged
+            across ranks (merge them with :func:`torchpqt.distributed.all_gather_statistics` first).
         transform_fn: maps a ``calibration_data`` item to model inputs.
         progress: progress bars for the passes convert() runs (default: only when stderr is a terminal).
+        distributed: None (default): when a ``torch.distributed`` default group with more than one rank is
+            initialized, each rank's calibration loop and ``calibration_data`` are its shard and the statistics
+            are merged across the ranks (see :mod:`torchpqt.distributed`); every rank must call convert().
+            False: this rank converts on its own data alone. True: like None, but an error without a group.
 
     Returns:
         A new GraphModule (``prepared`` is left as it is) computing the fake-quantized model, with
@@ -130,28 +137,48 @@ def convert(prepared: fx.GraphModule, calibration_data: Iterable | None = None, 
             needs the calibration data again and none was given.
     """
     with call_scope():
-        return _convert(prepared, calibration_data, statistics=statistics, transform_fn=transform_fn,
-                        progress=progress)
+        sharded = _dist.enabled(distributed)
+        with _dist.log_on_rank_zero() if sharded else contextlib.nullcontext():
+            return _convert(prepared, calibration_data, statistics=statistics, transform_fn=transform_fn,
+                            progress=progress, sharded=sharded)
 
 
 def _convert(prepared: fx.GraphModule, calibration_data, *, statistics: StatisticsStore | None = None,
-             transform_fn=None, progress: bool | None = None, cache: StatisticsCache | None = None,
-             fingerprint: DataFingerprint | None = None) -> fx.GraphModule:
+             transform_fn=None, progress: bool | None = None, sharded: bool = False, local_empty_ok: bool = False,
+             cache: StatisticsCache | None = None, fingerprint: DataFingerprint | None = None) -> fx.GraphModule:
     qplan, schedule = _prepared_parts(prepared)
     cfg = prepared.torchpqt_config
     if statistics is None:
-        check_statistics_finite(prepared, qplan.points)
-    store = statistics if statistics is not None else collect_statistics(prepared)
+        if sharded:
+            def local() -> StatisticsStore:
+                check_statistics_finite(prepared, qplan.points)
+                return collect_statistics(prepared)
+            store = _dist.agree(local, "convert()")
+            if not local_empty_ok:
+                _dist.check_every_rank_collected(store)
+            store = _dist.all_gather_statistics(store)
+        else:
+            check_statistics_finite(prepared, qplan.points)
+            store = collect_statistics(prepared)
+    else:
+        store = statistics
     data = calibration_data
     if data is not None and not isinstance(data, CalibrationData):
-        data = CalibrationData(data, cfg, transform_fn)
+        data = (_dist.DistributedCalibrationData(data, cfg, transform_fn) if sharded
+                else CalibrationData(data, cfg, transform_fn))
     pipeline.check_covered(store, schedule.stages[0].requests)
     needs = schedule.data_needs()
-    if needs and data is None:
-        raise TorchPQTError(
-            "convert(): this config needs the calibration data again for " + "; ".join(needs) + ". Call "
-            "torchpqt.convert(prepared, calibration_data) with the data of your calibration loop (and its "
-            "transform_fn), or use torchpqt.quantize()")
+
+    def check_data() -> None:
+        if needs and data is None:
+            raise TorchPQTError(
+                "convert(): this config needs the calibration data again for " + "; ".join(needs) + ". Call "
+                "torchpqt.convert(prepared, calibration_data) with the data of your calibration loop (and its "
+                "transform_fn), or use torchpqt.quantize()")
+    if sharded:  # every rank hears of one rank's missing data
+        _dist.agree(check_data, "convert()")
+    else:
+        check_data()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
         qm = copy.deepcopy(prepared)  # keeps none of prepared's torchpqt_* attributes
@@ -182,7 +209,8 @@ def _run_info(prepared, store: StatisticsStore, cfg, fingerprint: DataFingerprin
 
 def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *, example_inputs=None,
              target_device: str | None = None, transform_fn: Callable[[Any], Any] | None = None,
-             progress: bool | None = None, statistics_cache: str | Path | None = None) -> fx.GraphModule:
+             progress: bool | None = None, statistics_cache: str | Path | None = None,
+             distributed: bool | None = None) -> fx.GraphModule:
     """Quantize ``model`` in one call: capture, calibrate on ``calibration_data``, convert.
 
     Args:
@@ -201,6 +229,12 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
             :mod:`torchpqt.statistics.cache`): what it holds for this model and these samples is reused, what
             this config needs beyond it is calibrated (only those tensors observed) and added. The data is read
             once more to fingerprint it (no forward pass), so it must not be a one-shot iterator.
+        distributed: None (default): when a ``torch.distributed`` default group with more than one rank is
+            initialized, ``calibration_data`` is this rank's shard of the calibration set (the set is the
+            shards' concatenation in rank order, ``stat_subset_size`` counts over all of it) and every rank
+            returns the model one process computes on that set (see :mod:`torchpqt.distributed`); every rank
+            must call quantize(). False: this rank quantizes on its own data alone. True: like None, but an
+            error without a group.
 
     Returns:
         The fake-quantized model (see :func:`convert`), with ``torchpqt_run``: the hashes a run manifest
@@ -211,6 +245,13 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
     """
     with call_scope():
         cfg = _config(config, target_device)
+        sharded = _dist.enabled(distributed)
+        if sharded and statistics_cache is not None:
+            raise TorchPQTError("statistics_cache is not supported with sharded calibration (torch.distributed): "
+                                "quantize with distributed=False on one process to fill or use a cache")
+        if sharded:
+            with _dist.log_on_rank_zero():
+                return _quantize_sharded(model, calibration_data, cfg, example_inputs, transform_fn, progress)
         data = CalibrationData(calibration_data, cfg, transform_fn)
         fingerprint = DataFingerprint()
         if statistics_cache is not None:
@@ -239,3 +280,26 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
                                  desc=schedule.label(0))
         check_statistics_finite(prepared, qplan.points)  # the tensors this pass observed
         return _convert(prepared, data, statistics=store, progress=progress, cache=cache, fingerprint=fingerprint)
+
+
+def _quantize_sharded(model, calibration_data, cfg, example_inputs, transform_fn, progress) -> fx.GraphModule:
+    """quantize() on this rank's shard (see :mod:`torchpqt.distributed`)."""
+    def first_batch():  # the shard's first item, whether or not the sampler selects it: capture needs one
+        nonlocal calibration_data
+        if isinstance(calibration_data, Iterator):
+            head = list(itertools.islice(calibration_data, 1))
+            calibration_data = itertools.chain(head, calibration_data)
+        else:
+            head = list(itertools.islice(iter(calibration_data), 1))
+        flat = cfg.replace(shuffle_data=False, stat_subset_size=None)
+        return next(CalibrationData(head, flat, transform_fn).batches(), None)
+
+    first = _dist.agree(first_batch, "reading the calibration data")
+    _dist.check_shards(_dist.gather_flags(first is not None))
+    if example_inputs is None:
+        example_inputs = ModelInputs(*first)
+    prepared = _dist.agree(lambda: prepare(model, example_inputs, cfg), "prepare()")
+    data = _dist.DistributedCalibrationData(calibration_data, cfg, transform_fn)
+    _dist.calibrate_pass(prepared, data, progress=progress, desc=prepared.torchpqt_schedule.label(0))
+    return _convert(prepared, data, statistics=None, transform_fn=None, progress=progress, sharded=True,
+                    local_empty_ok=True)

@@ -224,17 +224,66 @@ def calibrate(prepared: torch.nn.Module, batches: Iterable[Inputs], *, total: in
     device = model_device(prepared)
     disable = (not sys.stderr.isatty()) if progress is None else not progress
     seen = 0
+    deferred = DeferredFiniteCheck() if defer_checks(device) else None
     with torch.no_grad(), tqdm(total=total, desc=desc, unit="sample", disable=disable) as bar:
         for batch in batches:
             args, kwargs = to_device(tuple(batch), device)
             n = _num_samples((args, kwargs))
-            check_finite(prepared, batch, args, kwargs, seen)
+            if deferred is None:
+                check_finite(prepared, batch, args, kwargs, seen)
+            else:
+                deferred.update(prepared, batch, args, kwargs, seen)
             _forward(prepared, args, kwargs, batch, n, seen)
             seen += n
             bar.update(n)
+    if deferred is not None:
+        deferred.check()
     if seen == 0:
         raise TorchPQTError("the calibration data yielded no sample; pass a non-empty iterable")
     return seen
+
+
+def defer_checks(device: torch.device) -> bool:
+    """Whether calibration on ``device`` checks its inputs without a host read per batch: on an accelerator
+    (a host read waits for the device); on the CPU the per-batch check costs nothing and stops at the bad batch."""
+    return device.type != "cpu"
+
+
+class DeferredFiniteCheck:
+    """:func:`check_finite` for a model on an accelerator: the per-batch test stays on the device (the index of
+    the first batch with a NaN/Inf input, per input), read once after the pass by :meth:`check`."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, torch.Tensor] = {}
+        self.where: list[tuple[Any, int, int]] = []  # (batch, samples, first sample) of each batch: host data
+
+    def update(self, prepared, batch, args: tuple, kwargs: dict, first_sample: int) -> None:
+        index = len(self.where)
+        origin = Batch.of(((), {}), getattr(batch, "origin", ()))  # where its samples came from, not the data
+        self.where.append((origin, _num_samples((args, kwargs)), first_sample))
+        for name, x in named_inputs(prepared, args, kwargs):
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                here = torch.where(torch.isfinite(x).all(), -1, index)
+                prev = self.first.get(name)
+                self.first[name] = here if prev is None else torch.where(prev >= 0, prev, here)
+
+    def check(self) -> None:
+        """Raise the :class:`CalibrationError` of the first batch that held NaN or Inf (one host read per input)."""
+        bad = []
+        for name, t in self.first.items():
+            if t.device.type == "meta":  # no values to read
+                continue
+            index = int(t)
+            if index >= 0:
+                bad.append((index, name))
+        if not bad:
+            return
+        index, name = min(bad)
+        batch, n, first_sample = self.where[index]
+        raise CalibrationError(
+            f"calibration {_span(batch, n, first_sample)}: input {name} holds NaN or Inf, so the statistics of this "
+            "pass are not finite; fix: clean the calibration data (or map NaN/Inf in transform_fn) before "
+            "quantizing")
 
 
 def _forward(prepared, args: tuple, kwargs: dict, batch, n: int, first_sample: int) -> None:

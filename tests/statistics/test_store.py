@@ -140,3 +140,35 @@ def test_missing_statistics_and_foreign_files_are_clear_errors(tmp_path):
     torch.save({"weights": torch.ones(1)}, tmp_path / "w.pt")
     with pytest.raises(TorchPQTError, match="not a torchpqt statistics store"):
         StatisticsStore.load(tmp_path / "w.pt")
+
+
+def test_mean_and_batch_mean_merge_bitwise_in_batch_order():
+    """A merged mean continues the first part's sum with the second part's per-batch terms: the float64 adds of
+    one run, for every split point; adding the two sums (an older store without the terms) is not."""
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(2, 4, 3, generator=g) * 10 ** float(torch.randint(-8, 9, (), generator=g))
+               for _ in range(40)]
+    specs = [StatSpec("max", "abs_max", "mean", "pertensor"), StatSpec("min", "mean", "mean", "perchannel"),
+             StatSpec("max", "max", "batch_mean", "perchannel")]
+
+    def store(part):
+        stats = TensorStatistics(specs)
+        for b in part:
+            stats.update(b)
+        return StatisticsStore({("x", k): {**v, "rank": 3} for k, v in stats.states().items()})
+
+    whole = store(batches)
+    naive_differs = False
+    for cut in range(1, 40, 3):
+        first, second = store(batches[:cut]), store(batches[cut:])
+        merged = first.merge(second).merge(StatisticsStore())
+        chained = store(batches[:cut // 2]).merge(store(batches[cut // 2:cut])).merge(second)
+        old = StatisticsStore({k: {n: v for n, v in s.items() if n != "batch_values"} for k, s in first.items()})
+        naive = old.merge(second)
+        for spec in specs:
+            np.testing.assert_array_equal(merged.result("x", spec), whole.result("x", spec))
+            np.testing.assert_array_equal(chained.result("x", spec), whole.result("x", spec))
+            np.testing.assert_allclose(naive.result("x", spec), whole.result("x", spec), rtol=1e-13)
+            naive_differs |= not np.array_equal(naive.result("x", spec), whole.result("x", spec))
+        assert "batch_values" not in naive[("x", specs[0].statistic_key)]
+    assert naive_differs  # the data is one where the summation order shows

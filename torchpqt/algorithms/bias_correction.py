@@ -217,7 +217,7 @@ def collect_fp32(qm: fx.GraphModule, samples: Sequence[Sample], plan: Plan, topo
             m = _channel_means(env[node], axes[node])
             sums[node] = m if node not in sums else sums[node] + m
     n = max(len(samples), 1)
-    return FP32Statistics(entries, {k: (v / n).numpy() for k, v in sums.items()})
+    return FP32Statistics(entries, {k: (v / n).cpu().numpy() for k, v in sums.items()})
 
 
 def correction(layer: str, bias: torch.Tensor | None, fp32_mean, q_mean, *, threshold: float = DEFAULT_THRESHOLD,
@@ -231,6 +231,8 @@ def correction(layer: str, bias: torch.Tensor | None, fp32_mean, q_mean, *, thre
             subgraph's output (which includes ``bias``).
     """
     shift = torch.as_tensor(np.asarray(fp32_mean, dtype=np.float64) - np.asarray(q_mean, dtype=np.float64))
+    if bias is not None:
+        shift = shift.to(bias.device)
     current = bias.double() if bias is not None else torch.zeros_like(shift)
     if shift.shape != current.shape:
         return BiasUpdate(layer, bias, None, float("inf"), False, "shift and bias shapes differ")
@@ -321,7 +323,7 @@ def _run_step(ev: Evaluator, step: Step, stored, placeholders, axis: int):
         total = m if total is None else total + m
         for s in step.stats:
             stat_values[s].append(env[s].detach())
-    return (total / max(len(placeholders), 1)).numpy(), stat_values
+    return (total / max(len(placeholders), 1)).cpu().numpy(), stat_values
 
 
 # ---------------------------------------------------------------- the pipeline step

@@ -189,9 +189,10 @@ def fast_bias_correction(layer: Layer, weight_q: torch.Tensor, input_mean, outpu
     if len(shape) < 2:
         raise ValueError(f"{layer.name}: invalid input shape {shape} for bias correction")
     shape[0] = 1
-    x = constant_input(shape, input_mean, layer.channel_axis).double()
+    x = constant_input(shape, input_mean, layer.channel_axis).to(weight_q.device).double()
     q = channel_mean(run_layer(layer, x, weight_q.double()), layer.channel_axis)
-    current = bias.double() if bias is not None else torch.zeros(layer.out_channels, dtype=torch.float64)
+    current = bias.double() if bias is not None else torch.zeros(layer.out_channels, dtype=torch.float64,
+                                                                   device=q.device)
     has_zero = bool((current == 0).any())
     if (padding_fix and layer.padded) or (correct_zero_bias and has_zero):
         if weight is None:
@@ -199,7 +200,7 @@ def fast_bias_correction(layer: Layer, weight_q: torch.Tensor, input_mean, outpu
         fp = channel_mean(run_layer(layer, x, weight.double()), layer.channel_axis)
         new = current + fp - q
     else:
-        new = torch.as_tensor(np.asarray(output_mean, dtype=np.float64)) - q
+        new = torch.as_tensor(np.asarray(output_mean, dtype=np.float64), device=q.device) - q
     if new.shape != current.shape:
         return BiasUpdate(layer.name, bias, None, float("inf"), False, "shift and bias shapes differ")
     new = new.to(torch.float32)

@@ -261,6 +261,8 @@ def set_layer_tensor(gm: fx.GraphModule, layer: Layer, which: str, value: torch.
     name = unique_attr_name(gm, f"{node.name}_{which}")
     template = get_attr_tensor(gm, old) if isinstance(old, fx.Node) and old.op == "get_attr" else None
     data = value.detach().clone().contiguous()
+    if template is not None:  # the model's device (a CUDA model keeps its tensors there)
+        data = data.to(template.device)
     if isinstance(template, torch.nn.Parameter):
         gm.register_parameter(name, torch.nn.Parameter(data, requires_grad=template.requires_grad))
     else:

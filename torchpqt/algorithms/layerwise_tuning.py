@@ -218,17 +218,18 @@ def _guard(models: _Models, units: list[Unit], params: list[_Params], holdout, c
     if not holdout:
         return
     q_wanted, fp_wanted = _wanted(units, cfg)
-    after = [0.0] * len(units)
-    before = [0.0] * len(units)
+    after: list = [0.0] * len(units)  # float64 sums kept on the device: one host read at the end
+    before: list = [0.0] * len(units)
     for chunk in _chunks(holdout, max(1, cfg.batch_size)):
         q, fp = models.capture(chunk, q_wanted, fp_wanted)
         w = len(chunk) / len(holdout)
         for i, (u, p) in enumerate(zip(units, params)):
             x, target = _inputs(u, q, fp, cfg), fp[u.out_node]
-            after[i] += w * float(F.mse_loss(u.forward(models.qm, x), target))
+            after[i] = after[i] + w * F.mse_loss(u.forward(models.qm, x), target).double()
             tuned = p.swap(p.snapshot)
-            before[i] += w * float(F.mse_loss(u.forward(models.qm, x), target))
+            before[i] = before[i] + w * F.mse_loss(u.forward(models.qm, x), target).double()
             p.swap(tuned)
+    after, before = [float(v) for v in after], [float(v) for v in before]
     for u, p, b, a in zip(units, params, before, after):
         restored = a > b
         if restored:
@@ -249,7 +250,8 @@ def _ranking_pool(models: _Models, n: int, size: int) -> list[int]:
         args, kwargs = _stack(models.rows, chunk, models.device)
         q = Capture(models.qm, {name}).capture(flat_inputs(models.qm, args, kwargs))[name]
         fp = Capture(models.fp, {name}, float_model=True).capture(flat_inputs(models.fp, args, kwargs))[name]
-        scores.extend((q - fp).float().pow(2).reshape(len(chunk), -1).mean(1).tolist())
+        scores.append((q - fp).float().pow(2).reshape(len(chunk), -1).mean(1))
+    scores = torch.cat(scores).tolist() if scores else []  # one host read, not one per chunk
     return sorted(sorted(range(n), key=lambda i: -scores[i])[:size])
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
+from torchpqt import distributed
 from torchpqt.algorithms import (
     bias_correction,
     channel_alignment,
@@ -24,7 +25,7 @@ from torchpqt.algorithms import (
 )
 from torchpqt.algorithms.base import Algorithm
 from torchpqt.algorithms.layerwise_tuning import ALGORITHM as LAYERWISE_TUNING
-from torchpqt.calibration import calibrate
+from torchpqt.calibration import calibrate, model_device
 from torchpqt.errors import TorchPQTError
 from torchpqt.observer import StatisticRequest, collect, instrument, remove_probes
 from torchpqt.statistics.cache import DataFingerprint, state_hash
@@ -171,17 +172,29 @@ def run(model: fx.GraphModule, schedule: Schedule, store: StatisticsStore, confi
         progress: bool | None = None, cache=None) -> tuple[fx.GraphModule, StatisticsStore]:
     """Apply every stage to ``model`` (convert()'s working copy, first-pass probes removed): run the later
     passes on ``data`` (a :class:`~torchpqt.calibration.CalibrationData`; through ``cache`` when given, see
-    :func:`observe`), then each algorithm. Returns the model and the store with every pass's statistics."""
+    :func:`observe`), then each algorithm. Returns the model and the store with every pass's statistics. With a
+    :class:`~torchpqt.distributed.DistributedCalibrationData` the passes are sharded across the ranks (no cache)."""
+    sharded = isinstance(data, distributed.DistributedCalibrationData)
+    device = model_device(model)
     for i, stage in enumerate(schedule.stages):
         if i and stage.requests:
-            store = store.merge(observe(model, stage.requests, data, cache=cache, progress=progress,
-                                        desc=schedule.label(i)))
+            if sharded:  # this rank's samples, then every rank's statistics merged in rank order
+                instrument(model, stage.requests)
+                model.graph.lint()
+                model.recompile()
+                distributed.calibrate_pass(model, data, progress=progress, desc=schedule.label(i))
+                part = distributed.all_gather_statistics(collect(model, stage.requests), data.group)
+            else:
+                part = observe(model, stage.requests, data, cache=cache, progress=progress, desc=schedule.label(i))
+            store = store.merge(part)
             remove_probes(model, stage.requests)
         check_covered(store, stage.requests)
         if data is not None:
             data.progress = progress
         for name in stage.algorithms:
             algorithm = _registered(name)
+            # sharded: a data-driven algorithm reads every rank's samples (gathered), see torchpqt.distributed
             model = algorithm.apply(model, model.torchpqt_plan, store, config,
-                                    data=data if algorithm.needs_data else None)
+                                    data=(data.gathered() if sharded else data) if algorithm.needs_data else None)
+            model.to(device)  # the FakeQuantize modules and tensors an algorithm made join the model's device
     return model, store

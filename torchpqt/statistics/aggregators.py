@@ -69,6 +69,8 @@ class _Online:
     def __init__(self) -> None:
         self._state: torch.Tensor | None = None
         self._count = 0
+        # mean / batch_mean: each batch's term of the sum, so that a merge adds them in one run's order
+        self._parts: list[torch.Tensor] = []
 
     def _empty(self) -> TorchPQTError:
         return TorchPQTError(
@@ -92,12 +94,14 @@ class _Mean(_Online):
         # POT quirk kept on purpose: a short last batch weighs as much as a full one.
         m = _as_tensor(batch_stat).mean(dim=0)
         self._state = m if self._state is None else self._state + m
+        self._parts.append(m)
         self._count += 1
 
     def state(self) -> dict[str, Any] | None:
         if self._state is None:
             return None
-        return {"aggregator": self.name, "sum": self._state.cpu(), "batches": self._count}
+        return {"aggregator": self.name, "sum": self._state.cpu(), "batches": self._count,
+                "batch_values": torch.stack(self._parts).cpu()}
 
 
 class _Extreme(_Online):
@@ -136,12 +140,14 @@ class _BatchMean(_Online):
                 f"{tuple(t.shape)}; make stat_subset_size a multiple of stat_batch_size"
             )
         self._state = t.clone() if self._state is None else self._state + t
+        self._parts.append(t)
         self._count += 1
 
     def state(self) -> dict[str, Any] | None:
         if self._state is None:
             return None
-        return {"aggregator": self.name, "sum": self._state.cpu(), "batches": self._count}
+        return {"aggregator": self.name, "sum": self._state.cpu(), "batches": self._count,
+                "batch_values": torch.stack(self._parts).cpu()}
 
 
 class _Samples(_Online):
@@ -226,8 +232,10 @@ def finalize(state: dict[str, Any]) -> np.ndarray:
 def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """The state of one aggregator that saw the batches of ``a`` and then those of ``b``.
 
-    Extremes and kept samples merge exactly; ``mean`` and ``batch_mean`` add their sums, so the merged mean
-    equals one run's up to the float64 summation order.
+    Extremes and kept samples merge exactly. ``mean`` and ``batch_mean`` states keep each batch's term
+    (``batch_values``): the merged sum continues ``a``'s sum with ``b``'s terms one by one, the float64 adds of
+    one run over both parts in that order, so the merged mean is bitwise one run's. States without the terms
+    (stores saved by an older torchpqt) add their sums: equal up to the float64 summation order.
 
     Raises:
         TorchPQTError: the states come from different aggregators or shapes.
@@ -242,7 +250,15 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if a["sum"].shape != b["sum"].shape:
             raise TorchPQTError(f"cannot merge {name!r} statistics of shapes {tuple(a['sum'].shape)} and "
                                 f"{tuple(b['sum'].shape)}")
-        out["sum"] = a["sum"] + b["sum"]
+        if "batch_values" in a and "batch_values" in b:
+            total = a["sum"]
+            for term in b["batch_values"]:
+                total = total + term
+            out["sum"] = total
+            out["batch_values"] = torch.cat([a["batch_values"], b["batch_values"]])
+        else:
+            out["sum"] = a["sum"] + b["sum"]
+            out.pop("batch_values", None)
     else:
         out["samples"] = torch.cat([a["samples"], b["samples"]], dim=0)
     return out
