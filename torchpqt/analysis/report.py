@@ -13,7 +13,6 @@ Plots need matplotlib (``pip install 'torchpqt[report]'``); it is imported only 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import io
 import json
@@ -21,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from torchpqt._json import jsonable
 from torchpqt.errors import TorchPQTError
 
 __all__ = ["render_html", "report_sections", "require_matplotlib", "write_html", "write_report"]
@@ -105,22 +105,6 @@ def _range_plot(row, values, mpl) -> str:
     return _png(fig, canvas_cls)
 
 
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)
-
-
 def _export_check(report) -> dict[str, Any] | None:
     """The export check's key numbers (None when no report was given or it was not checked)."""
     if report is None:
@@ -148,7 +132,7 @@ def report_sections(analysis, export_report=None) -> dict[str, Any]:
     check = _export_check(export_report)
     if check is not None:
         out["export_check"] = check
-    return _jsonable(out)
+    return jsonable(out)
 
 
 _CSS = """body{font-family:sans-serif;margin:1.2em 2em;color:#222;max-width:1300px}
@@ -257,6 +241,6 @@ def write_report(analysis, directory, *, export_report=None, histogram_layers: i
     html_path = write_html(analysis, directory, export_report=export_report, histogram_layers=histogram_layers,
                            plots=plots)
     json_path = html_path.parent / "report.json"
-    sections = {**report_sections(analysis, export_report), **_jsonable(extra or {})}
+    sections = {**report_sections(analysis, export_report), **jsonable(extra or {})}
     json_path.write_text(json.dumps(sections, indent=2) + "\n", encoding="utf-8")
     return html_path, json_path

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from torchpqt._json import jsonable, tensor_values
+
 __all__ = [
     "OutputLayout",
     "fake_quantize_ranges",
@@ -44,13 +46,6 @@ def make_layout(output_dir: Path, model_name: str, direct_dump: bool, now: datet
     return OutputLayout(log_dir, log_dir / "optimized", model_name)
 
 
-def _values(tensor: Any) -> Any:
-    if isinstance(tensor, torch.Tensor):
-        flat = tensor.detach().to(torch.float64).flatten().tolist()
-        return flat[0] if len(flat) == 1 else flat
-    return tensor
-
-
 def fake_quantize_ranges(qmodel: torch.nn.Module) -> dict[str, dict[str, Any]]:
     """``{module name: {levels, input_low, input_high, output_low, output_high}}`` of every FakeQuantize."""
     from torchpqt.quant.fake_quantize import FakeQuantize
@@ -59,29 +54,13 @@ def fake_quantize_ranges(qmodel: torch.nn.Module) -> dict[str, dict[str, Any]]:
     for name, module in qmodel.named_modules():
         if isinstance(module, FakeQuantize):
             fields = ("input_low", "input_high", "output_low", "output_high")
-            ranges[name] = {"levels": int(module.levels), **{f: _values(getattr(module, f)) for f in fields}}
+            ranges[name] = {"levels": int(module.levels), **{f: tensor_values(getattr(module, f)) for f in fields}}
     return ranges
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, torch.Tensor):
-        return _values(obj)
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    return str(obj)
 
 
 def write_report(path: Path, **sections: Any) -> None:
     """Write report.json; dataclasses (the export report, the config) become objects, the rest strings."""
-    path.write_text(json.dumps(_jsonable(sections), indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(jsonable(sections), indent=2, allow_nan=True) + "\n", encoding="utf-8")
 
 
 def save_torch_model(qmodel: torch.nn.Module, example_inputs: tuple[Any, ...], folder: Path, name: str) -> Path:
