@@ -181,6 +181,11 @@ def _quiet_dynamo_export():
     registry = logging.getLogger("torch.onnx._internal.exporter._registration")
     drop = _DropRecords(("torchvision is not installed",))
     registry.addFilter(drop)
+    # onnxscript's constant folder tries to evaluate shape arithmetic on symbolic sizes, fails, keeps the node
+    # and warns "Evaluation failed: cannot reshape ..." (the graph is correct, nothing to act on)
+    folding = logging.getLogger("onnxscript.optimizer._constant_folding")
+    failed = _DropRecords(("Evaluation failed",))
+    folding.addFilter(failed)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
@@ -188,6 +193,7 @@ def _quiet_dynamo_export():
             yield
     finally:
         registry.removeFilter(drop)
+        folding.removeFilter(failed)
 
 
 def _export_dynamo(model, args, kwargs, opset, dynamic) -> onnx.ModelProto:

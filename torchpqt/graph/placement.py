@@ -69,6 +69,8 @@ def _requested_edges(view: GraphView, hw: HardwareConfig, node: fx.Node) -> list
     for e in edges:
         if not view.is_float(e.producer):
             continue  # POT: FQs on int32/int64/bool tensors are removed
+        if view.is_shape_derived(e.producer):
+            continue  # a constant once shapes are static (position biases, masks built from sizes)
         group = "weights" if view.is_const(e.producer) else "activations"
         if getattr(rule, group):
             keep.append(e)
@@ -147,10 +149,10 @@ def _jump_targets(view: GraphView, node: fx.Node) -> list[Edge] | None:
     jump_to_all_branch_except_const), or None where it must stay."""
     edges = [e for e in view.inputs(node)]
     if view.type_of(node) in MULTI_BRANCH_TYPES:
-        targets = [e for e in edges if not view.is_const(e.producer)]
+        targets = [e for e in edges if not view.is_const(e.producer) and not view.is_shape_derived(e.producer)]
     else:
         targets = edges[:1]
-    if not targets or any(not view.is_float(e.producer) for e in targets):
+    if not targets or any(not view.is_float(e.producer) or view.is_shape_derived(e.producer) for e in targets):
         return None
     return targets
 
