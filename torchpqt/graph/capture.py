@@ -35,9 +35,13 @@ __all__ = ["capture"]
 
 def _dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict):
     """Every tensor dimension is left to torch.export to decide (Dim.AUTO): batch and sequence
-    lengths stay dynamic where the model allows it."""
+    lengths stay dynamic where the model allows it. Images and volumes (floating-point, 4-D or more) keep
+    their spatial size: only the batch is dynamic (symbolic heights and widths through a Swin window
+    partition took torch.export over 10 minutes, and POT's IRs had static spatial shapes too)."""
     def spec(value):
         if isinstance(value, torch.Tensor):
+            if value.dtype.is_floating_point and value.dim() >= 4:
+                return {0: torch.export.Dim.AUTO}
             return {i: torch.export.Dim.AUTO for i in range(value.dim())}
         if isinstance(value, (tuple, list)):
             return type(value)(spec(v) for v in value)
