@@ -250,20 +250,25 @@ def _check(xml: Path, qmodel: torch.nn.Module, example_inputs: Any, target_devic
     return report
 
 
-def compile_or_explain(core: ov.Core, model: ov.Model, device: str, config: dict, xml: Path | None = None
-                       ) -> ov.CompiledModel:
+def compile_or_explain(core: ov.Core, model: ov.Model, device: str, config: dict, xml: Path | None = None,
+                       simulated: bool = False) -> ov.CompiledModel:
     """``core.compile_model``; an IR the plugin refuses raises ExportError with the plugin's own reason (the
-    node it names is the torch module path of a FakeQuantize, or the ONNX node of an op)."""
+    node it names is the torch module path of a FakeQuantize, or the ONNX node of an op). ``simulated``: the
+    check's run with every FakeQuantize an output of its own (no fusion into its consumer)."""
     try:
         return core.compile_model(model, device, config)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
         reason = lines[-1] if lines else type(exc).__name__
         where = f" (written to {xml} for inspection)" if xml is not None else ""
+        what = ("cannot compile the IR with each FakeQuantize as a layer of its own (the check's simulated run)"
+                if simulated else "cannot compile the exported IR")
+        also = (" (the deployed int8 IR may still compile: export(..., check=False) skips the check)"
+                if simulated else "")
         raise ExportError(
-            f"torchpqt.exporters.openvino: OpenVINO's {device} plugin cannot compile the exported IR{where}: "
-            f"{reason}\n  fix: leave the op it names (or the consumer of the FakeQuantize it names) unquantized "
-            "with ignored.scope, or report it if the op is a plain one") from exc
+            f"torchpqt.exporters.openvino: OpenVINO's {device} plugin {what}{where}: {reason}\n"
+            "  fix: leave the op it names (or the consumer of the FakeQuantize it names) unquantized with "
+            f"ignored.scope{also}") from exc
 
 
 def _check_layers(report: ExportReport, saved: ov.Model, qmodel: torch.nn.Module, args: tuple, kwargs: dict,
