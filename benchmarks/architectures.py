@@ -294,6 +294,8 @@ def _seq(g):
 FAMILIES: dict[str, Callable] = {
     "bert": _text("BertModel", "BertConfig", vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
                   num_attention_heads=2, intermediate_size=128, max_position_embeddings=64),
+    "bert_no_model_type": lambda: (*FAMILIES["bert"]()[:2], False),  # model_type unset: the mask gets no FQ
+    "t5_encoder_no_model_type": lambda: (*FAMILIES["t5_encoder"]()[:2], False),
     "distilbert": _text("DistilBertModel", "DistilBertConfig", vocab_size=VOCAB, dim=64, n_layers=2, n_heads=2,
                         hidden_dim=128, max_position_embeddings=64),
     "roberta": _text("RobertaModel", "RobertaConfig", vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
@@ -434,6 +436,13 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "inf" if math.isinf(value) else format(value, spec)
 
 
+def _note(r: Row) -> str:
+    if r.end_to_end or r.ir_sqnr is None or r.torch_sqnr is None:
+        return "ok"
+    sim = "" if r.check_sim_sqnr is None else f", simulated IR vs torch {_fmt(r.check_sim_sqnr, '.0f')} dB"
+    return f"ok, but the int8 run is {r.torch_sqnr - r.ir_sqnr:.1f} dB below torch{sim}"
+
+
 def table(rows: list[Row], markdown: bool) -> str:
     head = ["family", "quantize", "FakeQuantize", "torch SQNR dB", "IR SQNR dB", "int8 share", "end to end",
             "result"]
@@ -442,7 +451,7 @@ def table(rows: list[Row], markdown: bool) -> str:
         lines.append([r.family, "ok" if r.quantized else "–", "–" if r.fq is None else str(r.fq),
                       _fmt(r.torch_sqnr), _fmt(r.ir_sqnr),
                       "–" if r.int8_share is None else f"{100 * r.int8_share:.0f} %",
-                      "yes" if r.end_to_end else "no", r.error or "ok"])
+                      "yes" if r.end_to_end else "no", r.error or _note(r)])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines]
