@@ -136,10 +136,9 @@ def main() -> None:
         qmodel = torchpqt.quantize(model, calibration, config)
         seconds = time.perf_counter() - t0
         xml = out / f"minilm_int8_{name}.xml"
-        if name == "transformer":
-            common.check_summary(ov_export.export(qmodel, calibration[0], xml))
-        else:  # check=False: the check finds every level of the key transposes' FakeQuantize off (export bug, open)
-            ov_export.export(qmodel, calibration[0], xml, check=False)
+        # the export check on for both (model_type None: the attention mask's FakeQuantize, whose range
+        # overflows float32, is left out, so that IR no longer computes NaN)
+        common.check_summary(ov_export.export(qmodel, calibration[0], xml))
         results[name] = (accuracy_ir(xml, test_x, test_y), seconds)
 
     common.report(out, "accuracy", fp32, results["transformer"][0], results["transformer"][1],

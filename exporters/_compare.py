@@ -127,16 +127,18 @@ def positions(x, il, ih, levels: int) -> np.ndarray:
     Ranges broadcast against ``x``; a channel with ``ih == il`` has position 0.
     """
     x, il, ih = _f64(x, il, ih)
-    u = np.abs(np.clip(x, np.minimum(il, ih), np.maximum(il, ih)) - il) * _steps_per_unit(il, ih, levels)
-    return np.minimum(u, levels - 1)
+    with np.errstate(invalid="ignore", over="ignore"):  # an infinite range or a NaN input: NaN, compared as such
+        u = np.abs(np.clip(x, np.minimum(il, ih), np.maximum(il, ih)) - il) * _steps_per_unit(il, ih, levels)
+        return np.minimum(u, levels - 1)
 
 
 def levels_of(y, ol, oh, levels: int) -> np.ndarray:
     """The integer level (int64, in [0, L-1]) of every FakeQuantize output ``y`` with output range ``[ol, oh]``."""
     y, ol, oh = _f64(y, ol, oh)
-    width = oh - ol
-    scale = np.divide(levels - 1, width, out=np.zeros_like(width), where=width != 0)
-    return np.clip(np.nan_to_num(np.rint((y - ol) * scale)), 0, levels - 1).astype(np.int64)  # NaN: level 0
+    with np.errstate(invalid="ignore", over="ignore"):
+        width = oh - ol
+        scale = np.divide(levels - 1, width, out=np.zeros_like(width), where=width != 0)
+        return np.clip(np.nan_to_num(np.rint((y - ol) * scale)), 0, levels - 1).astype(np.int64)  # NaN: level 0
 
 
 def compare_fake_quantize(name: str, levels: int, ir: tuple, torch_side: tuple, tol: Tolerances

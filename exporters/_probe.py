@@ -122,7 +122,9 @@ def _compile_simulated(model: ov.Model, device: str) -> tuple[ov.CompiledModel, 
             return core.compile_model(model, device, config), key != "LP_TRANSFORMS_MODE"
         except RuntimeError:
             continue
-    return core.compile_model(model, device, {"INFERENCE_PRECISION_HINT": "f32"}), False
+    from .openvino import compile_or_explain  # here: openvino imports this module
+
+    return compile_or_explain(core, model, device, {"INFERENCE_PRECISION_HINT": "f32"}, simulated=True), False
 
 
 @dataclass

@@ -181,13 +181,22 @@ def _quiet_dynamo_export():
     registry = logging.getLogger("torch.onnx._internal.exporter._registration")
     drop = _DropRecords(("torchvision is not installed",))
     registry.addFilter(drop)
+    # onnxscript's constant folder tries to evaluate shape arithmetic on symbolic sizes, fails, keeps the node
+    # and warns "Evaluation failed: cannot reshape ..." (the graph is correct, nothing to act on)
+    folding = logging.getLogger("onnxscript.optimizer._constant_folding")
+    failed = _DropRecords(("Evaluation failed",))
+    folding.addFilter(failed)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
                                     category=FutureWarning)
+            # the constant folder evaluates shape subgraphs with onnx's reference ops: log(0) of a relative
+            # position's first bucket warns "divide by zero", a cast of its -inf "invalid value"
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"onnx\.reference")
             yield
     finally:
         registry.removeFilter(drop)
+        folding.removeFilter(failed)
 
 
 def _export_dynamo(model, args, kwargs, opset, dynamic) -> onnx.ModelProto:

@@ -175,7 +175,14 @@ def _convert(qmodel: torch.nn.Module, example_inputs: Any, dynamic_batch: bool
         onnx.save_model(proto, str(onnx_path), save_as_external_data=large,
                         location=onnx_path.name + ".data" if large else None)
         del proto
-        model = ov.Core().read_model(str(onnx_path))
+        try:
+            model = ov.Core().read_model(str(onnx_path))
+        except RuntimeError as exc:  # an op the ONNX frontend has no translation for
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+            raise ExportError(
+                "torchpqt.exporters.openvino: OpenVINO cannot convert the exported ONNX graph: "
+                f"{' '.join(lines[-2:]) if lines else type(exc).__name__}\n  fix: the op named there has no OpenVINO "
+                "equivalent; replace it in the model, or quantize and export the submodule without it") from exc
     for op in _fake_quantize_ops(model):  # rt_info follows a node through the fusions that rename it
         op.get_rt_info()[_TAG] = op.get_friendly_name()
     apply_moc_transformations(model, cf=False, smart_reshape=True)  # what ovc applies
@@ -248,7 +255,7 @@ def _check(xml: Path, qmodel: torch.nn.Module, example_inputs: Any, target_devic
     report.device = device
     args, kwargs = onnx_export._normalize_inputs(example_inputs)
     feed = _feed(saved, args, kwargs)
-    compiled = core.compile_model(saved, device, _F32)
+    compiled = compile_or_explain(core, saved, device, _F32, xml)
     int8_outputs = _run(compiled, feed)
     report.op_precisions = _weighted_op_precisions(compiled)
     if report.op_precisions:
@@ -261,6 +268,27 @@ def _check(xml: Path, qmodel: torch.nn.Module, example_inputs: Any, target_devic
         _check_layers(report, saved, qmodel, args, kwargs, feed, fq_nodes, int8_outputs)
     logger.info("%s", report)
     return report
+
+
+def compile_or_explain(core: ov.Core, model: ov.Model, device: str, config: dict, xml: Path | None = None,
+                       simulated: bool = False) -> ov.CompiledModel:
+    """``core.compile_model``; an IR the plugin refuses raises ExportError with the plugin's own reason (the
+    node it names is the torch module path of a FakeQuantize, or the ONNX node of an op). ``simulated``: the
+    check's run with every FakeQuantize an output of its own (no fusion into its consumer)."""
+    try:
+        return core.compile_model(model, device, config)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+        reason = lines[-1] if lines else type(exc).__name__
+        where = f" (written to {xml} for inspection)" if xml is not None else ""
+        what = ("cannot compile the IR with each FakeQuantize as a layer of its own (the check's simulated run)"
+                if simulated else "cannot compile the exported IR")
+        also = (" (the deployed int8 IR may still compile: export(..., check=False) skips the check)"
+                if simulated else "")
+        raise ExportError(
+            f"torchpqt.exporters.openvino: OpenVINO's {device} plugin {what}{where}: {reason}\n"
+            "  fix: leave the op it names (or the consumer of the FakeQuantize it names) unquantized with "
+            f"ignored.scope{also}") from exc
 
 
 def _check_layers(report: ExportReport, saved: ov.Model, qmodel: torch.nn.Module, args: tuple, kwargs: dict,

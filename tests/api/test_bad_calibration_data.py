@@ -29,7 +29,8 @@ class MLP(nn.Module):
 
 
 class ConvHead(nn.Module):
-    """conv -> flatten -> linear: H and W stay dynamic in the capture, yet only 8x8 fits the linear."""
+    """uint8 image -> float -> conv -> flatten -> linear: H and W stay dynamic in the capture (an integer input
+    keeps every dimension dynamic; float images only their batch), yet only 8x8 fits the linear."""
 
     def __init__(self):
         super().__init__()
@@ -37,7 +38,7 @@ class ConvHead(nn.Module):
         self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 2)
 
     def forward(self, x):
-        return self.fc(self.conv(x).flatten(1))
+        return self.fc(self.conv(x.float()).flatten(1))
 
 
 class Overflow(nn.Module):
@@ -182,12 +183,12 @@ def test_sample_with_a_fixed_dimension_wrong_names_sample_and_both_shapes():
 def test_sample_that_fails_inside_the_model_is_wrapped_with_the_torch_error():
     """A dimension torch.export left dynamic but the model cannot take: the forward fails deep inside; the
     error names the sample, the shapes, and keeps torch's message and exception as the cause."""
-    data = [torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8), torch.randn(1, 3, 10, 10)]
+    data = [torch.randint(0, 255, shape, dtype=torch.uint8) for shape in ((1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 10, 10))]
     with pytest.raises(CalibrationError) as excinfo:
         torchpqt.quantize(ConvHead(), data, progress=False)
     msg = _message(excinfo)
     assert "sample 2 (calibration_data[2])" in msg and "mat1 and mat2 shapes cannot be multiplied" in msg
-    assert "received x: [1, 3, 10, 10] float32" in msg and "captured with x: [1, 3, 8, 8] float32" in msg
+    assert "received x: [1, 3, 10, 10] uint8" in msg and "captured with x: [1, 3, 8, 8] uint8" in msg
     assert isinstance(excinfo.value.__cause__, RuntimeError)
 
 

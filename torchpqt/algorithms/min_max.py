@@ -8,11 +8,15 @@ themselves), unifies scales and installs the FakeQuantize modules.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch import fx
 
 from torchpqt.algorithms.base import Algorithm
+from torchpqt.errors import TorchPQTError
 from torchpqt.graph.ops import CONV_TYPES
 from torchpqt.graph.placement import FQSite, Placement
 from torchpqt.graph.view import GraphView, const_value
@@ -31,6 +35,8 @@ from torchpqt.quant.params import FQParams, fake_quantize_params, unify_params
 from torchpqt.statistics.estimators import StatSpec, range_estimator
 from torchpqt.statistics.reducers import weight_stat
 from torchpqt.statistics.store import StatisticsStore
+
+logger = logging.getLogger("torchpqt")
 
 __all__ = ["ALGORITHM", "rescaled_ops", "resolve_points", "run", "statistic_points", "unify", "weight_params"]
 
@@ -147,8 +153,12 @@ def broadcast_shape(point: QuantizationPoint, params: FQParams, rank: int) -> tu
     size = int(np.asarray(params.input_low).size)
     if rank == 0 or np.asarray(params.input_low).ndim == 0 or (point.spec.granularity == "pertensor" and size == 1):
         return ()
-    shape = [1] * max(rank, 2)
-    axis = point.site.weight_axis % rank if point.group == "weights" else 1
+    if point.group == "weights":  # the weight's own rank: a 1-D weight (a per-channel scale) keeps shape (C,)
+        shape = [1] * rank
+        axis = point.site.weight_axis % rank
+    else:
+        shape = [1] * max(rank, 2)
+        axis = 1
     shape[axis] = size
     return tuple(shape)
 
@@ -197,6 +207,7 @@ def run(model: fx.GraphModule, plan: QuantizationPlan, statistics: StatisticsSto
             params[p.name] = activation_params(p, statistics)
         else:
             params[p.name] = weight_params(weights[p.name], p)
+    plan = _drop_unrepresentable(model, plan, params)
     unify(plan.points, params)
     for p in plan.points:
         fq_params = params[p.name]
@@ -209,7 +220,52 @@ def run(model: fx.GraphModule, plan: QuantizationPlan, statistics: StatisticsSto
             fq = FakeQuantize.from_params(fq_params, broadcast_shape(p, fq_params, w.dim()))
             _install_weight_fq(model, nodes, p, w, fq)
     model.torchpqt_fq_params = params
+    model.torchpqt_plan = plan
     return model
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _representable(params: FQParams) -> bool:
+    """Whether OpenVINO's FakeQuantize arithmetic, ``(x - il) / (ih - il)`` in float32, can hold the range."""
+    il, ih = np.asarray(params.input_low, np.float64), np.asarray(params.input_high, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(il).all() and np.isfinite(ih).all() and (np.abs(ih - il) <= _F32_MAX).all())
+
+
+def _drop_unrepresentable(model: fx.GraphModule, plan: QuantizationPlan, params: dict) -> QuantizationPlan:
+    """Activation FakeQuantize whose range overflows float32 are not installed (the tensor stays float).
+
+    Attention masks filled with ``finfo(float32).min`` (or -inf) reach an activation FakeQuantize on the
+    Add of the scores where POT's transformer patterns are off (``model_type`` unset): its range becomes
+    about ±3.4e38, ``ih - il`` overflows to inf, OpenVINO computes NaN and an 8-bit grid over it would
+    collapse every real score to one level anyway. POT 2023.3 quantized it and produced a NaN IR."""
+    dropped = {p.name for p in plan.points if p.group != "weights" and not _representable(params[p.name])}
+    if not dropped:
+        return plan
+    skipped = dict(plan.skipped)
+    for p in plan.points:
+        if p.name not in dropped:
+            continue
+        if p.unify_group is not None:
+            raise TorchPQTError(f"FakeQuantize {p.name!r}: its range [{float(np.min(params[p.name].input_low)):.3g}, "
+                                f"{float(np.max(params[p.name].input_high)):.3g}] overflows float32 and it is unified "
+                                "with others; add its consumer to ignored.scope")
+        for node in [n for n in model.graph.nodes if n.op == "call_module" and n.target == p.module_name]:
+            node.replace_all_uses_with(node.args[0])
+            model.graph.erase_node(node)
+        if hasattr(model, p.module_name):
+            delattr(model, p.module_name)
+        fq = params.pop(p.name)
+        why = (f"no FakeQuantize: its calibrated range [{float(np.min(fq.input_low)):.3g}, "
+               f"{float(np.max(fq.input_high)):.3g}] overflows float32 (an attention mask's finfo.min / -inf fill "
+               "value reaches it); the tensor stays float")
+        skipped[p.name] = why
+        logger.info("%s: %s", p.name, why)
+    model.graph.lint()
+    model.recompile()
+    return replace(plan, points=tuple(p for p in plan.points if p.name not in dropped), skipped=skipped)
 
 
 ALGORITHM = Algorithm("MinMaxQuantization", enabled=lambda config: True, statistic_points=statistic_points,

@@ -14,6 +14,7 @@ import copy
 import inspect
 import logging
 import traceback
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -34,20 +35,29 @@ __all__ = ["capture"]
 
 def _dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict):
     """Every tensor dimension is left to torch.export to decide (Dim.AUTO): batch and sequence
-    lengths stay dynamic where the model allows it."""
+    lengths stay dynamic where the model allows it. Images and volumes (floating-point, 4-D or more) keep
+    their spatial size: only the batch is dynamic (symbolic heights and widths through a Swin window
+    partition took torch.export over 10 minutes, and POT's IRs had static spatial shapes too)."""
     def spec(value):
         if isinstance(value, torch.Tensor):
+            if value.dtype.is_floating_point and value.dim() >= 4:
+                return {0: torch.export.Dim.AUTO}
             return {i: torch.export.Dim.AUTO for i in range(value.dim())}
         if isinstance(value, (tuple, list)):
             return type(value)(spec(v) for v in value)
         if isinstance(value, Mapping):
             return {k: spec(v) for k, v in value.items()}
         return None
-    if not kwargs:
-        return spec(args)
     try:
-        bound = inspect.signature(model.forward).bind(*args, **kwargs)
-    except TypeError:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        signature = None
+    variadic = signature is not None and any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
+    if not kwargs and not variadic:
+        return spec(args)
+    try:  # by parameter name; forward(*args) takes its inputs as one tuple
+        bound = signature.bind(*args, **kwargs)
+    except (AttributeError, TypeError):
         return None
     return {name: spec(value) for name, value in bound.arguments.items()}
 
@@ -86,7 +96,11 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.E
     for lg, level in noisy.items():
         lg.setLevel(level)
     try:
-        return _try_exports(model, attempts, errors)
+        with warnings.catch_warnings():
+            # nn.LSTM/GRU re-assign their own _flat_weights list in forward; torch.export warns the user to
+            # register them as buffers, which only torch itself could do
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights", category=UserWarning)
+            return _try_exports(model, attempts, errors)
     finally:
         for lg, level in levels.items():
             lg.setLevel(level)

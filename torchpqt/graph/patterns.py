@@ -42,6 +42,9 @@ def skipped_ops(view: GraphView) -> dict[fx.Node, str]:
     for node, info in view.ops.items():
         if view.is_const(node):
             continue
+        if view.is_shape_derived(node):
+            skipped[node] = "shape computation (sizes and constants only; a constant in POT's IR)"
+            continue
         if info.type in WEIGHTED_TYPES:
             _post_ops(view, node, skipped)
         if info.type == "SoftMax":

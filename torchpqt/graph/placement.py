@@ -69,6 +69,8 @@ def _requested_edges(view: GraphView, hw: HardwareConfig, node: fx.Node) -> list
     for e in edges:
         if not view.is_float(e.producer):
             continue  # POT: FQs on int32/int64/bool tensors are removed
+        if view.is_shape_derived(e.producer):
+            continue  # a constant once shapes are static (position biases, masks built from sizes)
         group = "weights" if view.is_const(e.producer) else "activations"
         if getattr(rule, group):
             keep.append(e)
@@ -147,10 +149,10 @@ def _jump_targets(view: GraphView, node: fx.Node) -> list[Edge] | None:
     jump_to_all_branch_except_const), or None where it must stay."""
     edges = [e for e in view.inputs(node)]
     if view.type_of(node) in MULTI_BRANCH_TYPES:
-        targets = [e for e in edges if not view.is_const(e.producer)]
+        targets = [e for e in edges if not view.is_const(e.producer) and not view.is_shape_derived(e.producer)]
     else:
         targets = edges[:1]
-    if not targets or any(not view.is_float(e.producer) for e in targets):
+    if not targets or any(not view.is_float(e.producer) or view.is_shape_derived(e.producer) for e in targets):
         return None
     return targets
 
@@ -159,6 +161,36 @@ def _weights_rule_below(view: GraphView, hw: HardwareConfig, node: fx.Node, bloc
     """Whether a quantizable op reached from ``node``'s outputs through agnostic ops has a weights rule."""
     types, _ = _valuable_consumers(view, hw, view.outputs(node), blocked)
     return any(hw.configs(t, "weights") for t in types)
+
+
+def _moves_channel_axis(view: GraphView, node: fx.Node) -> bool:
+    """A layout op whose output axis 1 is not its input's axis 1 (a permute to NCHW, a reshape that
+    changes dim 1 or the rank)."""
+    kind = view.type_of(node)
+    if kind not in ("Transpose", "Reshape", "Squeeze", "Unsqueeze"):
+        return False
+    src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    vin, vout = (src.meta.get("val") if src is not None else None), node.meta.get("val")
+    if kind == "Transpose":
+        perm = node.args[1] if len(node.args) > 1 else None
+        if isinstance(perm, (list, tuple)) and len(perm) > 1:
+            return int(perm[1]) % len(perm) != 1
+        if len(node.args) > 2:  # transpose(x, a, b)
+            rank = vin.dim() if vin is not None and hasattr(vin, "dim") else 2
+            return 1 in (int(node.args[1]) % rank, int(node.args[2]) % rank)
+        return True  # .t() of a 2-D tensor
+    if vin is None or vout is None or not hasattr(vin, "shape") or not hasattr(vout, "shape"):
+        return True
+    if vin.dim() < 2 or vout.dim() < 2 or vin.dim() != vout.dim():
+        return True
+    return str(vin.shape[1]) != str(vout.shape[1])
+
+
+def _per_channel_below(view: GraphView, hw: HardwareConfig, node: fx.Node, blocked) -> bool:
+    """Whether a quantizable op reached from ``node`` through agnostic ops takes per-channel activations
+    (DepthWiseConvolution on CPU: q8_a_ch)."""
+    types, _ = _valuable_consumers(view, hw, view.outputs(node), blocked)
+    return any(c.granularity == "perchannel" for t in types for c in hw.configs(t, "activations"))
 
 
 def _propagate(view: GraphView, hw: HardwareConfig, acts: list[Edge], blocked,
@@ -189,6 +221,8 @@ def _propagate(view: GraphView, hw: HardwareConfig, acts: list[Edge], blocked,
         if any(view.is_const(t.producer) for t in targets) and not _weights_rule_below(view, hw, producer,
                                                                                       blocked):
             continue
+        if _moves_channel_axis(view, producer) and _per_channel_below(view, hw, producer, blocked):
+            continue  # a per-channel FQ (a depthwise conv's input) stays where axis 1 is the conv's channels
         fq_edges.discard(e)
         for t in reversed(targets):
             if view.is_const(t.producer):

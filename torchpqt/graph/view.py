@@ -12,6 +12,13 @@ from torchpqt.graph.attrs import get_attr_tensor
 from torchpqt.graph.ops import AGNOSTIC_TYPES, IDENTITY, OpInfo, classify, packet_name
 
 PARAMETER, CONST, RESULT = "Parameter", "Const", "Result"
+_RANDOM = frozenset({"rand", "randn", "randint", "rand_like", "randn_like", "bernoulli", "dropout", "normal",
+                     "uniform"})
+# a table lookup at positions computed from sizes is data: POT's IR kept Gather(table, position ids) and
+# quantized the table (measured on a BertModel: the position and token-type embedding tables get FakeQuantize)
+_LOOKUPS = frozenset({"embedding", "embedding_bag", "_embedding_bag"})
+# ops that read a tensor's shape, never its values (ShapeOf in OpenVINO)
+_SIZE_OPS = frozenset({"sym_size", "sym_numel", "sym_stride", "size", "numel", "_shape_as_tensor"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class GraphView:
         self.gm = gm
         self.nodes = [n for n in gm.graph.nodes if n.op != "call_module"]
         self._const: dict[fx.Node, bool] = {}
+        self._shape: dict[fx.Node, bool] = {}
         self.ops: dict[fx.Node, OpInfo] = {}
         for n in self.nodes:
             if n.op == "call_function":
@@ -91,10 +99,29 @@ class GraphView:
             elif node.op == "call_function":
                 inputs = node.all_input_nodes
                 self._const[node] = bool(inputs) and all(self.is_const(i) for i in inputs) \
-                    and packet_name(node) not in ("rand", "randn", "bernoulli", "dropout")
+                    and packet_name(node) not in _RANDOM
             else:
                 self._const[node] = False
         return self._const[node]
+
+    def is_shape_derived(self, node) -> bool:
+        """True for values computed from tensor sizes and constants only, not from any input's values:
+        ``sym_size``, ``arange(seq_len)``, a position-bias table or a causal mask built from them. With the
+        static shapes POT quantized, the converter folded them into constants; they get no FakeQuantize."""
+        if not isinstance(node, fx.Node):
+            return False
+        if node not in self._shape:
+            self._shape[node] = False  # cycle guard
+            result = False
+            if node.op == "call_function" and not self.is_const(node) \
+                    and packet_name(node) not in _RANDOM and packet_name(node) not in _LOOKUPS:
+                inputs = node.all_input_nodes
+                if packet_name(node) in _SIZE_OPS:
+                    result = True
+                else:  # a factory (arange, ones, full) of Python sizes, or an op on sizes and constants
+                    result = all(self.is_const(i) or self.is_shape_derived(i) for i in inputs)
+            self._shape[node] = result
+        return self._shape[node]
 
     def is_float(self, node: fx.Node) -> bool:
         """Only floating-point tensors are ever quantized (ints and bools, e.g. masks and ids, never)."""
