@@ -17,6 +17,7 @@ from torch.fx._pytree import tree_flatten_spec
 
 from torchpqt.algorithms.layers import folded_fake_quantize
 from torchpqt.graph.ops import packet_name
+from torchpqt.graph.view import is_constant
 from torchpqt.quant.fake_quantize import FakeQuantize
 
 __all__ = ["Evaluator", "Topology", "placeholder_values"]
@@ -38,17 +39,7 @@ class Topology:
 
     def is_const(self, node) -> bool:
         """Parameters, buffers and ops on them only (a weight FakeQuantize is not a constant here)."""
-        if not isinstance(node, fx.Node):
-            return False
-        if node not in self._const:
-            if node.op == "get_attr":
-                self._const[node] = True
-            elif node.op == "call_function":
-                ins = node.all_input_nodes
-                self._const[node] = bool(ins) and all(self.is_const(i) for i in ins)
-            else:
-                self._const[node] = False
-        return self._const[node]
+        return is_constant(node, self._const)
 
     def is_act_fq(self, node: fx.Node) -> bool:
         return self.fq_kind.get(node) == "activations"

@@ -53,6 +53,23 @@ def const_value(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
         return node.target(*args, **kwargs)
 
 
+def is_constant(node, memo: dict) -> bool:
+    """True for a parameter/buffer (``get_attr``) and any function of those alone, except random ops (a
+    constant subgraph); module calls (FakeQuantize) and placeholders are not. ``memo`` caches per graph."""
+    if not isinstance(node, fx.Node):
+        return False
+    if node not in memo:
+        if node.op == "get_attr":
+            memo[node] = True
+        elif node.op == "call_function":
+            inputs = node.all_input_nodes
+            memo[node] = bool(inputs) and all(is_constant(i, memo) for i in inputs) \
+                and packet_name(node) not in _RANDOM
+        else:
+            memo[node] = False
+    return memo[node]
+
+
 class GraphView:
     """OpenVINO-flavoured facts about every node of ``gm.graph``."""
 
@@ -91,18 +108,7 @@ class GraphView:
 
     def is_const(self, node) -> bool:
         """True for parameters/buffers and anything computed from them alone (a constant subgraph)."""
-        if not isinstance(node, fx.Node):
-            return False
-        if node not in self._const:
-            if node.op == "get_attr":
-                self._const[node] = True
-            elif node.op == "call_function":
-                inputs = node.all_input_nodes
-                self._const[node] = bool(inputs) and all(self.is_const(i) for i in inputs) \
-                    and packet_name(node) not in _RANDOM
-            else:
-                self._const[node] = False
-        return self._const[node]
+        return is_constant(node, self._const)
 
     def is_shape_derived(self, node) -> bool:
         """True for values computed from tensor sizes and constants only, not from any input's values:
