@@ -174,7 +174,14 @@ def test_config_keys():
     with pytest.raises(ConfigError, match="Unknown key"):
         torchpqt.DefaultQuantizationConfig.from_dict({"tuning_modes": "sequential"})
     c = torchpqt.DefaultQuantizationConfig.from_dict({"use_layerwise_tuning": True, "tuning_mode": "sequential"})
-    assert c.layerwise_tuning.tuning_mode == "sequential" and c.layerwise_tuning.tuning_guard
+    assert c.layerwise_tuning.tuning_mode == "sequential" and c.layerwise_tuning.tuning_guard == "both"
+    guard = lambda v: torchpqt.DefaultQuantizationConfig.from_dict(
+        {"use_layerwise_tuning": True, "tuning_guard": v}).layerwise_tuning.tuning_guard
+    assert [guard(v) for v in (True, False, "layer", "model", "both")] == ["both", False, "layer", "model", "both"]
+    with pytest.raises(ConfigError, match="tuning_guard: got 'modle'; did you mean 'model'"):
+        guard("modle")
+    with pytest.raises(ConfigError, match="tuning_guard: got 1 Allowed: layer, model, both, false"):
+        guard(1)
 
 
 # --- export ---------------------------------------------------------------------------------------------
@@ -209,3 +216,42 @@ def test_every_pot_key_runs_together():
     assert tuned.torchpqt_tuning
     assert all(r["loss_after"] <= r["loss_before"] for r in tuned.torchpqt_tuning.values())
     assert not any(fq.ranges_trainable for fq in tuned.modules() if isinstance(fq, FakeQuantize))
+
+
+# --- the whole-model guard ------------------------------------------------------------------------------
+
+
+def _output_loss(model, qm, samples):
+    x = torch.cat(samples)
+    with torch.no_grad():
+        ref = model(x)
+        return float((qm(x) - ref).pow(2).mean() / ref.pow(2).mean())
+
+
+def test_model_guard_restores_every_unit_when_the_network_output_gets_worse(caplog):
+    """Layer guard off, a huge weight learning rate: only the whole-model guard stands between the user and
+    the damage (test_guard_off_keeps_the_damage shows it is there)."""
+    model, data = tiny_cnn(), calibration_data("tiny_cnn", 24)
+    plain = torchpqt.quantize(model, data, progress=False)
+    with caplog.at_level(logging.INFO, logger="torchpqt"):
+        tuned = _tuned(model, data, **FAST, **NO_RANGES, weights_lr=10.0, bias_lr=0.0, tuning_guard="model")
+    verdict = tuned.torchpqt_tuning_model
+    assert verdict["restored"] and verdict["output_loss_after"] == verdict["output_loss_before"] > 0
+    assert "network-output loss (MSE / FP32 mean square) rose" in caplog.text
+    assert "held-out loss rose" not in caplog.text  # the layer guard was off
+    assert all(r["restored"] and r["loss_after"] == r["loss_before"] for r in tuned.torchpqt_tuning.values())
+    held_out = calibration_data("tiny_cnn", 8, seed=5)
+    assert _output_loss(model, tuned, held_out) <= _output_loss(model, plain, held_out)
+    with torch.no_grad():
+        assert torch.equal(tuned(torch.cat(held_out)), plain(torch.cat(held_out)))
+
+
+def test_model_guard_keeps_a_tuning_that_helps():
+    model, data = tiny_cnn(), calibration_data("tiny_cnn", 40)
+    plain = torchpqt.quantize(model, data, progress=False)
+    tuned = _tuned(model, data, **FAST, **LRS, tuning_guard="model")
+    verdict = tuned.torchpqt_tuning_model
+    assert not verdict["restored"] and verdict["output_loss_after"] < verdict["output_loss_before"], verdict
+    assert not any(r["restored"] for r in tuned.torchpqt_tuning.values())  # the layer guard was off
+    held_out = calibration_data("tiny_cnn", 16, seed=7)
+    assert _output_loss(model, tuned, held_out) < _output_loss(model, plain, held_out)

@@ -87,8 +87,11 @@ class _Models:
     def fp_names(self) -> set[str]:
         return {n.name for n in self.fp.graph.nodes}
 
+    def stack(self, indices) -> tuple[tuple, dict]:
+        return _stack(self.rows, indices, self.device)
+
     def capture(self, indices, q_wanted, fp_wanted) -> tuple[dict, dict]:
-        args, kwargs = _stack(self.rows, indices, self.device)
+        args, kwargs = self.stack(indices)
         fp = Capture(self.fp, fp_wanted, float_model=True).capture(flat_inputs(self.fp, args, kwargs))
         q = Capture(self.qm, q_wanted).capture(flat_inputs(self.qm, args, kwargs))
         return q, fp
@@ -214,7 +217,7 @@ def _loop(models: _Models, units: list[Unit], params: list[_Params], pool, cfg, 
 @torch.no_grad()
 def _guard(models: _Models, units: list[Unit], params: list[_Params], holdout, cfg, report) -> None:
     """Local held-out loss of each unit with its tuned and its previous parameters on the same inputs;
-    restore the previous ones where tuning made it worse."""
+    with the layer guard on, restore the previous ones where tuning made it worse."""
     if not holdout:
         return
     q_wanted, fp_wanted = _wanted(units, cfg)
@@ -230,7 +233,7 @@ def _guard(models: _Models, units: list[Unit], params: list[_Params], holdout, c
             before[i] += w * float(F.mse_loss(u.forward(models.qm, x), target))
             p.swap(tuned)
     for u, p, b, a in zip(units, params, before, after):
-        restored = a > b
+        restored = a > b and cfg.tuning_guard in ("layer", "both")
         if restored:
             p.swap(p.snapshot)
             logger.info("layerwise tuning: %s: held-out loss rose %.6g -> %.6g; its parameters are restored",
@@ -238,6 +241,48 @@ def _guard(models: _Models, units: list[Unit], params: list[_Params], holdout, c
         else:
             logger.debug("layerwise tuning: %s: held-out loss %.6g -> %.6g", u.name, b, a)
         report[u.name] = {"loss_before": b, "loss_after": b if restored else a, "restored": restored}
+
+
+def _output_names(gm: fx.GraphModule) -> list[str]:
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    return list(_leaf_nodes(output.args))
+
+
+@torch.no_grad()
+def _output_loss(models: _Models, holdout, cfg) -> float:
+    """The network-output error of the quantized model on ``holdout``: per floating-point output, the MSE to
+    the FP32 output over the FP32 output's mean square (1 / SQNR), summed over outputs."""
+    q_names, fp_names = _output_names(models.qm), _output_names(models.fp)
+    err = [0.0] * len(q_names)
+    power = [0.0] * len(q_names)
+    for chunk in _chunks(holdout, max(1, cfg.batch_size)):
+        args, kwargs = models.stack(chunk)
+        q = Capture(models.qm, set(q_names)).capture(flat_inputs(models.qm, args, kwargs))
+        fp = Capture(models.fp, set(fp_names), float_model=True).capture(flat_inputs(models.fp, args, kwargs))
+        for i, (a, b) in enumerate(zip(q_names, fp_names)):
+            qa, fb = q.get(a), fp.get(b)
+            if isinstance(qa, torch.Tensor) and isinstance(fb, torch.Tensor) and fb.is_floating_point():
+                err[i] += float((qa.double() - fb.double()).pow(2).sum())
+                power[i] += float(fb.double().pow(2).sum())
+    return sum(e / max(p, 1e-30) for e, p in zip(err, power) if p or e)
+
+
+def _model_guard(models: _Models, params: list[_Params], holdout, cfg, before: float, report) -> dict:
+    """The whole-model guard: if the tuned network's held-out output loss is above the untuned one's, every
+    unit gets its parameters from before tuning back."""
+    after = _output_loss(models, holdout, cfg)
+    restored = after > before
+    if restored:
+        for p in params:
+            p.swap(p.snapshot)
+        for record in report.values():
+            record.update(loss_after=record["loss_before"], restored=True)
+        logger.info("layerwise tuning: held-out network-output loss (MSE / FP32 mean square) rose %.6g -> %.6g; "
+                    "every unit's parameters are restored", before, after)
+    else:
+        logger.info("layerwise tuning: held-out network-output loss (MSE / FP32 mean square) %.6g -> %.6g",
+                    before, after)
+    return {"output_loss_before": before, "output_loss_after": before if restored else after, "restored": restored}
 
 
 def _ranking_pool(models: _Models, n: int, size: int) -> list[int]:
@@ -327,6 +372,8 @@ def tune(qm: fx.GraphModule, plan, data, cfg) -> fx.GraphModule:
     logger.info("layerwise tuning (%s): %d units, %d steps of %d samples%s", tcfg.tuning_mode, len(units),
                 steps, batch, " each" if sequential else "")
     report: dict[str, dict] = {}
+    model_guard = bool(holdout) and tcfg.tuning_guard in ("model", "both")
+    output_before = _output_loss(models, holdout, tcfg) if model_guard else None
     disable = not sys.stderr.isatty()
     try:
         with tqdm(total=steps * (len(units) if sequential else 1), desc="layerwise tuning", unit="step",
@@ -338,6 +385,8 @@ def tune(qm: fx.GraphModule, plan, data, cfg) -> fx.GraphModule:
             else:
                 _loop(models, units, params, pool, tcfg, rng, bar)
                 _guard(models, units, params, holdout, tcfg, report)
+        if model_guard:
+            qm.torchpqt_tuning_model = _model_guard(models, params, holdout, tcfg, output_before, report)
     finally:
         _write_back(qm, plan)
     if report:
