@@ -20,9 +20,11 @@ Beyond POT:
   parameters before tuning (same inputs) gets those parameters back; every unit's before/after loss is
   logged and kept in ``model.torchpqt_tuning`` (the CLI writes it to report.json).
 
-Memory: one batch of the tuned units' inputs and targets at a time (the interpreters free every other
-tensor after its last use); the calibration samples themselves are kept for the run. Runs on the model's
-device. Afterwards every range is frozen back into buffers (the model exports as before) and the
+Memory: one batch of the tuned units' inputs and targets at a time (each step runs the FP32 and the
+quantized model on that batch's samples alone; the interpreters free every other tensor after its last use).
+The calibration data is read a pass at a time (counting, POT's ranking subset, collecting); only the model
+inputs of the tuning pool and of the held-out samples are kept for the run (the user's samples, at most
+``calibration_indices_pool + tuning_guard_samples``), never activations. Runs on the model's device. Afterwards every range is frozen back into buffers (the model exports as before) and the
 FakeQuantize placement is unchanged.
 """
 
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx
+from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
 from torchpqt.algorithms.base import Algorithm
@@ -53,14 +56,28 @@ logger = logging.getLogger("torchpqt")
 _EPS = 1e-8  # POT's _safety_eps
 
 
-def _rows(data) -> list[tuple[tuple, dict]]:
-    """Every calibration sample as a one-row ``(args, kwargs)`` call, in the sampler's order."""
-    rows = []
+def _stream(data):
+    """Every calibration sample as a one-row ``(args, kwargs)`` call, in the sampler's order, read one
+    inference batch at a time (one pass of the data)."""
     for batch in data.batches():
         call = (tuple(batch[0]), dict(batch[1]))
         n = _num_samples(call)
-        rows.extend(call if n == 1 else _slice(call, i, i + 1, n) for i in range(n))
-    return rows
+        if n == 1:
+            yield call
+            continue
+        for i in range(n):  # an own copy: a view would keep the whole batch alive
+            yield pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x,
+                                  _slice(call, i, i + 1, n))
+
+
+def _count(data) -> int:
+    return sum(1 for _ in _stream(data))
+
+
+def _keep(data, wanted) -> dict[int, tuple[tuple, dict]]:
+    """The samples at the ``wanted`` indices (the pool and the held-out samples), from one pass."""
+    wanted = set(wanted)
+    return {i: row for i, row in enumerate(_stream(data)) if i in wanted}
 
 
 def _stack(rows, indices, device) -> tuple[tuple, dict]:
@@ -285,17 +302,32 @@ def _model_guard(models: _Models, params: list[_Params], holdout, cfg, before: f
     return {"output_loss_before": before, "output_loss_after": before if restored else after, "restored": restored}
 
 
-def _ranking_pool(models: _Models, n: int, size: int) -> list[int]:
-    """POT's ranking subset: the ``size`` samples whose model outputs differ most (MSE) from FP32."""
-    output = next(n for n in reversed(models.qm.graph.nodes) if n.op == "output")
-    name = next(iter(_leaf_nodes(output.args)))
-    scores = []
-    for chunk in _chunks(list(range(n)), 25):
-        args, kwargs = _stack(models.rows, chunk, models.device)
+def _scores(models: _Models, data) -> list[float]:
+    """Per calibration sample, the MSE of the model's (first) output to FP32's, for POT's ranking subset; one
+    pass over the data, 25 samples at a time."""
+    name, fp_name = _output_names(models.qm)[0], _output_names(models.fp)[0]
+    scores: list[float] = []
+
+    def score(rows):
+        args, kwargs = _stack(rows, range(len(rows)), models.device)
         q = Capture(models.qm, {name}).capture(flat_inputs(models.qm, args, kwargs))[name]
-        fp = Capture(models.fp, {name}, float_model=True).capture(flat_inputs(models.fp, args, kwargs))[name]
-        scores.extend((q - fp).float().pow(2).reshape(len(chunk), -1).mean(1).tolist())
-    return sorted(sorted(range(n), key=lambda i: -scores[i])[:size])
+        fp = Capture(models.fp, {fp_name}, float_model=True).capture(flat_inputs(models.fp, args, kwargs))[fp_name]
+        scores.extend((q - fp).float().pow(2).reshape(len(rows), -1).mean(1).tolist())
+
+    chunk = []
+    for row in _stream(data):
+        chunk.append(row)
+        if len(chunk) == 25:
+            score(chunk)
+            chunk = []
+    if chunk:
+        score(chunk)
+    return scores
+
+
+def _ranking_pool(scores: list[float], size: int) -> list[int]:
+    """POT's ranking subset: the ``size`` samples whose model outputs differ most (MSE) from FP32."""
+    return sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[:size])
 
 
 def _leaf_nodes(obj):
@@ -336,23 +368,32 @@ def tune(qm: fx.GraphModule, plan, data, cfg) -> fx.GraphModule:
         raise TorchPQTError("layerwise tuning needs the calibration data again: call "
                             "torchpqt.convert(prepared, calibration_data) or torchpqt.quantize()")
     device = model_device(qm)
-    rows = _rows(data)
     units = find_units(qm)
-    if not units or not rows:
+    if not units:
         logger.info("layerwise tuning: nothing to tune")
         return qm
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    models = _Models(qm, plan, rows, device)
+    models = _Models(qm, plan, {}, device)
     missing = {n for u in units for n in (u.in_node, u.out_node)} - models.fp_names()
     if missing and not models.fp_is_q:
         models.fp, models.fp_is_q = qm, True
         logger.warning("layerwise tuning: the captured model lacks %s; the reference is the converted model "
                        "with FakeQuantize bypassed", sorted(missing)[:3])
-    pool, holdout = _split(len(rows), tcfg, rng)
-    if tcfg.use_ranking_subset and len(rows) > tcfg.calibration_indices_pool:
-        pool = _ranking_pool(models, len(rows), tcfg.calibration_indices_pool)
+    # Memory: the data is read a pass at a time; only the pool's and the held-out samples' model inputs are
+    # kept (the user's samples, at most calibration_indices_pool + tuning_guard_samples of them), and each
+    # step computes one batch of activations from them.
+    ranking = tcfg.use_ranking_subset
+    scores = _scores(models, data) if ranking else None
+    n = len(scores) if ranking else _count(data)
+    if not n:
+        logger.info("layerwise tuning: nothing to tune")
+        return qm
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    pool, holdout = _split(n, tcfg, rng)
+    if ranking and n > tcfg.calibration_indices_pool:
+        pool = _ranking_pool(scores, tcfg.calibration_indices_pool)
         holdout = [i for i in holdout if i not in set(pool)] or holdout
+    models.rows = _keep(data, [*pool, *holdout])
     seen: set[str] = set()
     params = []
     for u in units:
