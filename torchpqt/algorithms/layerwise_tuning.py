@@ -15,10 +15,13 @@ Beyond POT:
 * ``tuning_mode: "sequential"``: the units one by one in topological order, each on the inputs the
   already-tuned quantized units before it produce (error-propagation aware, as AdaRound / BRECQ
   reconstruct block by block); the same number of steps per unit.
-* A per-unit guard (``tuning_guard``): on ``tuning_guard_samples`` held-out calibration samples (not in
+* A per-unit guard (``tuning_guard`` ``"layer"`` or ``"both"``): on ``tuning_guard_samples`` held-out calibration samples (not in
   the pool when the data has more, else split off it), a unit whose local loss ends higher than with its
   parameters before tuning (same inputs) gets those parameters back; every unit's before/after loss is
   logged and kept in ``model.torchpqt_tuning`` (the CLI writes it to report.json).
+* A whole-model guard (``tuning_guard`` ``"model"`` or ``"both"``, the default): on the same held-out
+  samples, the network-output loss (MSE to FP32 over FP32's mean square, per output) before tuning and
+  after; if it rose, every unit gets its parameters from before tuning back (``model.torchpqt_tuning_model``).
 
 Memory: one batch of the tuned units' inputs and targets at a time (each step runs the FP32 and the
 quantized model on that batch's samples alone; the interpreters free every other tensor after its last use).
