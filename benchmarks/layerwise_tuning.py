@@ -13,6 +13,7 @@ each ``quantize()`` took relative to the one without tuning ("calibration").
 
     python benchmarks/layerwise_tuning.py [--models digits effnet] [--calibration 300] [--evaluation 100]
         [--tuning-samples 5000] [--batch-size 25] [--lr-scale 1] [--bits 8 4] [--modes simultaneous sequential]
+        [--guard both] [--threads N]
 
 ``--tuning-samples`` is POT's ``num_samples_for_tuning`` (steps = it / batch_size, per layer in sequential
 mode); ``--lr-scale`` multiplies all of POT's learning rates.
@@ -117,7 +118,8 @@ def run(name, build, args) -> list[dict]:
             params = dict(base)
             if mode != "none":
                 params.update(use_layerwise_tuning=True, tuning_mode=mode,
-                              num_samples_for_tuning=args.tuning_samples, batch_size=args.batch_size, **lrs)
+                              num_samples_for_tuning=args.tuning_samples, batch_size=args.batch_size,
+                              tuning_guard=False if args.guard == "false" else args.guard, **lrs)
             t0 = time.perf_counter()
             q = torchpqt.quantize(model, cal, params, progress=False)
             seconds = time.perf_counter() - t0
@@ -125,10 +127,14 @@ def run(name, build, args) -> list[dict]:
             with tempfile.TemporaryDirectory() as tmp:
                 out = _ir_logits(q, evaluation[:2], evaluation, Path(tmp))
             tuning = getattr(q, "torchpqt_tuning", {})
+            verdict = getattr(q, "torchpqt_tuning_model", None)
             row = {"model": name, "weights": bits, "tuning": mode,
                    "top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean()), "sqnr_db": _sqnr(ref, out),
                    "time_x_calibration": seconds / calibration_time, "seconds": seconds,
-                   "layers_restored": sum(v["restored"] for v in tuning.values()), "units": len(tuning)}
+                   "layers_restored": sum(v["restored"] for v in tuning.values()), "units": len(tuning),
+                   "model_guard": None if verdict is None else ("restored" if verdict["restored"] else "kept"),
+                   "output_loss": None if verdict is None else [verdict["output_loss_before"],
+                                                                 verdict["output_loss_after"]]}
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -155,7 +161,12 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["simultaneous", "sequential"],
                         choices=["simultaneous", "sequential"])
     parser.add_argument("--lr-scale", type=float, default=1.0)
+    parser.add_argument("--guard", default="both", choices=["layer", "model", "both", "false"],
+                        help="tuning_guard")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     import openvino as ov
 
@@ -165,11 +176,13 @@ def main() -> None:
     rows = []
     for name in args.models:
         rows += run(name, {"digits": digits, "effnet": effnet}[name], args)
-    print("\n| model | weights | tuning | top-1 agreement | SQNR dB | time / calibration | layers restored |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| model | weights | tuning | top-1 agreement | SQNR dB | time / calibration | layers restored | "
+          "model guard |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['weights']}-bit | {r['tuning']} | {r['top1_agreement']:.3f} | "
-              f"{r['sqnr_db']:.2f} | {r['time_x_calibration']:.1f}x | {r['layers_restored']}/{r['units']} |")
+              f"{r['sqnr_db']:.2f} | {r['time_x_calibration']:.1f}x | {r['layers_restored']}/{r['units']} | "
+              f"{r['model_guard'] or '–'} |")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 """Layerwise tuning (spec §11 plus torchpqt's sequential mode and per-layer guard)."""
 
 import logging
+import weakref
 
 import numpy as np
 import pytest
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchpqt
 from tests.models import calibration_data, tiny_cnn
+from torchpqt.algorithms.layerwise_tuning import tune
+from torchpqt.calibration import CalibrationData
 from torchpqt.errors import ConfigError, TorchPQTError
 from torchpqt.quant.fake_quantize import FakeQuantize
 
@@ -174,7 +179,14 @@ def test_config_keys():
     with pytest.raises(ConfigError, match="Unknown key"):
         torchpqt.DefaultQuantizationConfig.from_dict({"tuning_modes": "sequential"})
     c = torchpqt.DefaultQuantizationConfig.from_dict({"use_layerwise_tuning": True, "tuning_mode": "sequential"})
-    assert c.layerwise_tuning.tuning_mode == "sequential" and c.layerwise_tuning.tuning_guard
+    assert c.layerwise_tuning.tuning_mode == "sequential" and c.layerwise_tuning.tuning_guard == "both"
+    guard = lambda v: torchpqt.DefaultQuantizationConfig.from_dict(
+        {"use_layerwise_tuning": True, "tuning_guard": v}).layerwise_tuning.tuning_guard
+    assert [guard(v) for v in (True, False, "layer", "model", "both")] == ["both", False, "layer", "model", "both"]
+    with pytest.raises(ConfigError, match="tuning_guard: got 'modle'; did you mean 'model'"):
+        guard("modle")
+    with pytest.raises(ConfigError, match="tuning_guard: got 1 Allowed: layer, model, both, false"):
+        guard(1)
 
 
 # --- export ---------------------------------------------------------------------------------------------
@@ -209,3 +221,129 @@ def test_every_pot_key_runs_together():
     assert tuned.torchpqt_tuning
     assert all(r["loss_after"] <= r["loss_before"] for r in tuned.torchpqt_tuning.values())
     assert not any(fq.ranges_trainable for fq in tuned.modules() if isinstance(fq, FakeQuantize))
+
+
+# --- the whole-model guard ------------------------------------------------------------------------------
+
+
+def _output_loss(model, qm, samples):
+    x = torch.cat(samples)
+    with torch.no_grad():
+        ref = model(x)
+        return float((qm(x) - ref).pow(2).mean() / ref.pow(2).mean())
+
+
+def test_model_guard_restores_every_unit_when_the_network_output_gets_worse(caplog):
+    """Layer guard off, a huge weight learning rate: only the whole-model guard stands between the user and
+    the damage (test_guard_off_keeps_the_damage shows it is there)."""
+    model, data = tiny_cnn(), calibration_data("tiny_cnn", 24)
+    plain = torchpqt.quantize(model, data, progress=False)
+    with caplog.at_level(logging.INFO, logger="torchpqt"):
+        tuned = _tuned(model, data, **FAST, **NO_RANGES, weights_lr=10.0, bias_lr=0.0, tuning_guard="model")
+    verdict = tuned.torchpqt_tuning_model
+    assert verdict["restored"] and verdict["output_loss_after"] == verdict["output_loss_before"] > 0
+    assert "network-output loss (MSE / FP32 mean square) rose" in caplog.text
+    assert "held-out loss rose" not in caplog.text  # the layer guard was off
+    assert all(r["restored"] and r["loss_after"] == r["loss_before"] for r in tuned.torchpqt_tuning.values())
+    held_out = calibration_data("tiny_cnn", 8, seed=5)
+    assert _output_loss(model, tuned, held_out) <= _output_loss(model, plain, held_out)
+    with torch.no_grad():
+        assert torch.equal(tuned(torch.cat(held_out)), plain(torch.cat(held_out)))
+
+
+def test_model_guard_keeps_a_tuning_that_helps():
+    model, data = tiny_cnn(), calibration_data("tiny_cnn", 40)
+    plain = torchpqt.quantize(model, data, progress=False)
+    tuned = _tuned(model, data, **FAST, **LRS, tuning_guard="model")
+    verdict = tuned.torchpqt_tuning_model
+    assert not verdict["restored"] and verdict["output_loss_after"] < verdict["output_loss_before"], verdict
+    assert not any(r["restored"] for r in tuned.torchpqt_tuning.values())  # the layer guard was off
+    held_out = calibration_data("tiny_cnn", 16, seed=7)
+    assert _output_loss(model, tuned, held_out) < _output_loss(model, plain, held_out)
+
+
+# --- memory ---------------------------------------------------------------------------------------------
+
+
+class _LiveTensors(TorchDispatchMode):
+    """Tensor accounting: the bytes of every storage an op produced while it is referenced by a live tensor
+    (views counted once), and the peak of that sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.refs, self.size, self.now, self.peak = {}, {}, 0, 0
+
+    def _release(self, key, ident):
+        ids = self.refs.get(key)
+        if ids is not None and ident in ids:
+            ids.discard(ident)
+            if not ids:
+                del self.refs[key]
+                self.now -= self.size.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                ids = self.refs.setdefault(key, set())
+                if not storage.nbytes() or id(t) in ids:
+                    continue
+                if not ids:
+                    self.size[key] = storage.nbytes()
+                    self.now += storage.nbytes()
+                ids.add(id(t))
+                weakref.finalize(t, self._release, key, id(t))
+        self.peak = max(self.peak, self.now)
+        return out
+
+
+class _Wide(nn.Module):
+    """Activations (32 channels at 16x16: 32 KiB a sample) big next to its weights and inputs (3 KiB)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = (nn.Conv2d(c, 32, 3, padding=1) for c in (3, 32, 32))
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+class _Fresh(torch.utils.data.Dataset):
+    """Every read makes its samples anew (as a dataset decoding files does)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i >= self.n:
+            raise IndexError(i)
+        return torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(i))
+
+
+def test_memory_stays_one_batch_of_activations_whatever_the_number_of_samples():
+    """Peak live tensor bytes during tuning with 16 and with 256 calibration samples (pool 8, 4 held out, batches
+    of 4): the same. Holding every calibration sample (the first design) added 240 samples' 3 KiB; holding
+    activations for all samples would be ~10x the peak."""
+    torch.manual_seed(0)
+    model = _Wide().eval()
+    params = {"use_layerwise_tuning": True, "batch_size": 4, "num_samples_for_tuning": 8,
+              "calibration_indices_pool": 8, "tuning_guard_samples": 4}
+    config = torchpqt.DefaultQuantizationConfig.from_dict(params)
+    peaks = {}
+    for n in (16, 256):
+        qm = torchpqt.quantize(model, [_Fresh(16)[i] for i in range(16)], progress=False)
+        with _LiveTensors() as live:
+            tune(qm, qm.torchpqt_plan, CalibrationData(_Fresh(n), config), config)
+        assert len(qm.torchpqt_tuning) >= 3  # it tuned (c2, c3, fc at least)
+        peaks[n] = live.peak
+    sample = 3 * 16 * 16 * 4
+    assert peaks[256] <= peaks[16] + 2 * sample, peaks
+    all_activations = 256 * 3 * 32 * 16 * 16 * 4  # three conv outputs of every sample
+    assert peaks[256] < all_activations / 5, (peaks, all_activations)

@@ -138,4 +138,7 @@ def test_layerwise_tuning_through_the_config_reports_per_layer_losses(workdir, w
     tuning = report["layerwise_tuning"]
     assert tuning and all(set(v) == {"loss_before", "loss_after", "restored"} for v in tuning.values())
     assert all(v["loss_after"] <= v["loss_before"] for v in tuning.values())  # the guard's promise
+    model = report["layerwise_tuning_model"]  # the whole-model guard (tuning_guard "both", the default)
+    assert set(model) == {"output_loss_before", "output_loss_after", "restored"}
+    assert model["output_loss_after"] <= model["output_loss_before"]
     assert report["quantization_config"]["tuning_mode"] == "sequential"

@@ -15,14 +15,19 @@ Beyond POT:
 * ``tuning_mode: "sequential"``: the units one by one in topological order, each on the inputs the
   already-tuned quantized units before it produce (error-propagation aware, as AdaRound / BRECQ
   reconstruct block by block); the same number of steps per unit.
-* A per-unit guard (``tuning_guard``): on ``tuning_guard_samples`` held-out calibration samples (not in
+* A per-unit guard (``tuning_guard`` ``"layer"`` or ``"both"``): on ``tuning_guard_samples`` held-out calibration samples (not in
   the pool when the data has more, else split off it), a unit whose local loss ends higher than with its
   parameters before tuning (same inputs) gets those parameters back; every unit's before/after loss is
   logged and kept in ``model.torchpqt_tuning`` (the CLI writes it to report.json).
+* A whole-model guard (``tuning_guard`` ``"model"`` or ``"both"``, the default): on the same held-out
+  samples, the network-output loss (MSE to FP32 over FP32's mean square, per output) before tuning and
+  after; if it rose, every unit gets its parameters from before tuning back (``model.torchpqt_tuning_model``).
 
-Memory: one batch of the tuned units' inputs and targets at a time (the interpreters free every other
-tensor after its last use); the calibration samples themselves are kept for the run. Runs on the model's
-device. Afterwards every range is frozen back into buffers (the model exports as before) and the
+Memory: one batch of the tuned units' inputs and targets at a time (each step runs the FP32 and the
+quantized model on that batch's samples alone; the interpreters free every other tensor after its last use).
+The calibration data is read a pass at a time (counting, POT's ranking subset, collecting); only the model
+inputs of the tuning pool and of the held-out samples are kept for the run (the user's samples, at most
+``calibration_indices_pool + tuning_guard_samples``), never activations. Runs on the model's device. Afterwards every range is frozen back into buffers (the model exports as before) and the
 FakeQuantize placement is unchanged.
 """
 
@@ -36,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx
+from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
 from torchpqt.algorithms.base import Algorithm
@@ -53,14 +59,28 @@ logger = logging.getLogger("torchpqt")
 _EPS = 1e-8  # POT's _safety_eps
 
 
-def _rows(data) -> list[tuple[tuple, dict]]:
-    """Every calibration sample as a one-row ``(args, kwargs)`` call, in the sampler's order."""
-    rows = []
+def _stream(data):
+    """Every calibration sample as a one-row ``(args, kwargs)`` call, in the sampler's order, read one
+    inference batch at a time (one pass of the data)."""
     for batch in data.batches():
         call = (tuple(batch[0]), dict(batch[1]))
         n = _num_samples(call)
-        rows.extend(call if n == 1 else _slice(call, i, i + 1, n) for i in range(n))
-    return rows
+        if n == 1:
+            yield call
+            continue
+        for i in range(n):  # an own copy: a view would keep the whole batch alive
+            yield pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x,
+                                  _slice(call, i, i + 1, n))
+
+
+def _count(data) -> int:
+    return sum(1 for _ in _stream(data))
+
+
+def _keep(data, wanted) -> dict[int, tuple[tuple, dict]]:
+    """The samples at the ``wanted`` indices (the pool and the held-out samples), from one pass."""
+    wanted = set(wanted)
+    return {i: row for i, row in enumerate(_stream(data)) if i in wanted}
 
 
 def _stack(rows, indices, device) -> tuple[tuple, dict]:
@@ -87,8 +107,11 @@ class _Models:
     def fp_names(self) -> set[str]:
         return {n.name for n in self.fp.graph.nodes}
 
+    def stack(self, indices) -> tuple[tuple, dict]:
+        return _stack(self.rows, indices, self.device)
+
     def capture(self, indices, q_wanted, fp_wanted) -> tuple[dict, dict]:
-        args, kwargs = _stack(self.rows, indices, self.device)
+        args, kwargs = self.stack(indices)
         fp = Capture(self.fp, fp_wanted, float_model=True).capture(flat_inputs(self.fp, args, kwargs))
         q = Capture(self.qm, q_wanted).capture(flat_inputs(self.qm, args, kwargs))
         return q, fp
@@ -214,7 +237,7 @@ def _loop(models: _Models, units: list[Unit], params: list[_Params], pool, cfg, 
 @torch.no_grad()
 def _guard(models: _Models, units: list[Unit], params: list[_Params], holdout, cfg, report) -> None:
     """Local held-out loss of each unit with its tuned and its previous parameters on the same inputs;
-    restore the previous ones where tuning made it worse."""
+    with the layer guard on, restore the previous ones where tuning made it worse."""
     if not holdout:
         return
     q_wanted, fp_wanted = _wanted(units, cfg)
@@ -231,7 +254,7 @@ def _guard(models: _Models, units: list[Unit], params: list[_Params], holdout, c
             p.swap(tuned)
     after, before = [float(v) for v in after], [float(v) for v in before]
     for u, p, b, a in zip(units, params, before, after):
-        restored = a > b
+        restored = a > b and cfg.tuning_guard in ("layer", "both")
         if restored:
             p.swap(p.snapshot)
             logger.info("layerwise tuning: %s: held-out loss rose %.6g -> %.6g; its parameters are restored",
@@ -241,18 +264,74 @@ def _guard(models: _Models, units: list[Unit], params: list[_Params], holdout, c
         report[u.name] = {"loss_before": b, "loss_after": b if restored else a, "restored": restored}
 
 
-def _ranking_pool(models: _Models, n: int, size: int) -> list[int]:
-    """POT's ranking subset: the ``size`` samples whose model outputs differ most (MSE) from FP32."""
-    output = next(n for n in reversed(models.qm.graph.nodes) if n.op == "output")
-    name = next(iter(_leaf_nodes(output.args)))
-    scores = []
-    for chunk in _chunks(list(range(n)), 25):
-        args, kwargs = _stack(models.rows, chunk, models.device)
+def _output_names(gm: fx.GraphModule) -> list[str]:
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    return list(_leaf_nodes(output.args))
+
+
+@torch.no_grad()
+def _output_loss(models: _Models, holdout, cfg) -> float:
+    """The network-output error of the quantized model on ``holdout``: per floating-point output, the MSE to
+    the FP32 output over the FP32 output's mean square (1 / SQNR), summed over outputs."""
+    q_names, fp_names = _output_names(models.qm), _output_names(models.fp)
+    err = [0.0] * len(q_names)
+    power = [0.0] * len(q_names)
+    for chunk in _chunks(holdout, max(1, cfg.batch_size)):
+        args, kwargs = models.stack(chunk)
+        q = Capture(models.qm, set(q_names)).capture(flat_inputs(models.qm, args, kwargs))
+        fp = Capture(models.fp, set(fp_names), float_model=True).capture(flat_inputs(models.fp, args, kwargs))
+        for i, (a, b) in enumerate(zip(q_names, fp_names)):
+            qa, fb = q.get(a), fp.get(b)
+            if isinstance(qa, torch.Tensor) and isinstance(fb, torch.Tensor) and fb.is_floating_point():
+                err[i] += float((qa.double() - fb.double()).pow(2).sum())
+                power[i] += float(fb.double().pow(2).sum())
+    return sum(e / max(p, 1e-30) for e, p in zip(err, power) if p or e)
+
+
+def _model_guard(models: _Models, params: list[_Params], holdout, cfg, before: float, report) -> dict:
+    """The whole-model guard: if the tuned network's held-out output loss is above the untuned one's, every
+    unit gets its parameters from before tuning back."""
+    after = _output_loss(models, holdout, cfg)
+    restored = after > before
+    if restored:
+        for p in params:
+            p.swap(p.snapshot)
+        for record in report.values():
+            record.update(loss_after=record["loss_before"], restored=True)
+        logger.info("layerwise tuning: held-out network-output loss (MSE / FP32 mean square) rose %.6g -> %.6g; "
+                    "every unit's parameters are restored", before, after)
+    else:
+        logger.info("layerwise tuning: held-out network-output loss (MSE / FP32 mean square) %.6g -> %.6g",
+                    before, after)
+    return {"output_loss_before": before, "output_loss_after": before if restored else after, "restored": restored}
+
+
+def _scores(models: _Models, data) -> list[float]:
+    """Per calibration sample, the MSE of the model's (first) output to FP32's, for POT's ranking subset; one
+    pass over the data, 25 samples at a time."""
+    name, fp_name = _output_names(models.qm)[0], _output_names(models.fp)[0]
+    parts: list[torch.Tensor] = []
+
+    def score(rows):
+        args, kwargs = _stack(rows, range(len(rows)), models.device)
         q = Capture(models.qm, {name}).capture(flat_inputs(models.qm, args, kwargs))[name]
-        fp = Capture(models.fp, {name}, float_model=True).capture(flat_inputs(models.fp, args, kwargs))[name]
-        scores.append((q - fp).float().pow(2).reshape(len(chunk), -1).mean(1))
-    scores = torch.cat(scores).tolist() if scores else []  # one host read, not one per chunk
-    return sorted(sorted(range(n), key=lambda i: -scores[i])[:size])
+        fp = Capture(models.fp, {fp_name}, float_model=True).capture(flat_inputs(models.fp, args, kwargs))[fp_name]
+        parts.append((q - fp).float().pow(2).reshape(len(rows), -1).mean(1))
+
+    chunk = []
+    for row in _stream(data):
+        chunk.append(row)
+        if len(chunk) == 25:
+            score(chunk)
+            chunk = []
+    if chunk:
+        score(chunk)
+    return torch.cat(parts).tolist() if parts else []  # one host read, not one per chunk
+
+
+def _ranking_pool(scores: list[float], size: int) -> list[int]:
+    """POT's ranking subset: the ``size`` samples whose model outputs differ most (MSE) from FP32."""
+    return sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[:size])
 
 
 def _leaf_nodes(obj):
@@ -293,23 +372,32 @@ def tune(qm: fx.GraphModule, plan, data, cfg) -> fx.GraphModule:
         raise TorchPQTError("layerwise tuning needs the calibration data again: call "
                             "torchpqt.convert(prepared, calibration_data) or torchpqt.quantize()")
     device = model_device(qm)
-    rows = _rows(data)
     units = find_units(qm)
-    if not units or not rows:
+    if not units:
         logger.info("layerwise tuning: nothing to tune")
         return qm
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    models = _Models(qm, plan, rows, device)
+    models = _Models(qm, plan, {}, device)
     missing = {n for u in units for n in (u.in_node, u.out_node)} - models.fp_names()
     if missing and not models.fp_is_q:
         models.fp, models.fp_is_q = qm, True
         logger.warning("layerwise tuning: the captured model lacks %s; the reference is the converted model "
                        "with FakeQuantize bypassed", sorted(missing)[:3])
-    pool, holdout = _split(len(rows), tcfg, rng)
-    if tcfg.use_ranking_subset and len(rows) > tcfg.calibration_indices_pool:
-        pool = _ranking_pool(models, len(rows), tcfg.calibration_indices_pool)
+    # Memory: the data is read a pass at a time; only the pool's and the held-out samples' model inputs are
+    # kept (the user's samples, at most calibration_indices_pool + tuning_guard_samples of them), and each
+    # step computes one batch of activations from them.
+    ranking = tcfg.use_ranking_subset
+    scores = _scores(models, data) if ranking else None
+    n = len(scores) if ranking else _count(data)
+    if not n:
+        logger.info("layerwise tuning: nothing to tune")
+        return qm
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    pool, holdout = _split(n, tcfg, rng)
+    if ranking and n > tcfg.calibration_indices_pool:
+        pool = _ranking_pool(scores, tcfg.calibration_indices_pool)
         holdout = [i for i in holdout if i not in set(pool)] or holdout
+    models.rows = _keep(data, [*pool, *holdout])
     seen: set[str] = set()
     params = []
     for u in units:
@@ -329,6 +417,8 @@ def tune(qm: fx.GraphModule, plan, data, cfg) -> fx.GraphModule:
     logger.info("layerwise tuning (%s): %d units, %d steps of %d samples%s", tcfg.tuning_mode, len(units),
                 steps, batch, " each" if sequential else "")
     report: dict[str, dict] = {}
+    model_guard = bool(holdout) and tcfg.tuning_guard in ("model", "both")
+    output_before = _output_loss(models, holdout, tcfg) if model_guard else None
     disable = not sys.stderr.isatty()
     try:
         with tqdm(total=steps * (len(units) if sequential else 1), desc="layerwise tuning", unit="step",
@@ -340,6 +430,8 @@ def tune(qm: fx.GraphModule, plan, data, cfg) -> fx.GraphModule:
             else:
                 _loop(models, units, params, pool, tcfg, rng, bar)
                 _guard(models, units, params, holdout, tcfg, report)
+        if model_guard:
+            qm.torchpqt_tuning_model = _model_guard(models, params, holdout, tcfg, output_before, report)
     finally:
         _write_back(qm, plan)
     if report:

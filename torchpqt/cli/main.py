@@ -136,9 +136,13 @@ def _export(qmodel: torch.nn.Module, example: tuple[Any, ...], xml: Path, cfg: C
 
 
 def _tuning_section(qmodel) -> dict:
-    """report.json's ``layerwise_tuning``: each tuned layer's held-out loss before/after (when it ran)."""
+    """report.json's ``layerwise_tuning``: each tuned layer's held-out loss before/after (when it ran), and
+    ``layerwise_tuning_model``: the whole-model guard's network-output loss before/after."""
     tuning = getattr(qmodel, "torchpqt_tuning", None)
-    return {} if tuning is None else {"layerwise_tuning": tuning}
+    if tuning is None:
+        return {}
+    model = getattr(qmodel, "torchpqt_tuning_model", None)
+    return {"layerwise_tuning": tuning, **({"layerwise_tuning_model": model} if model is not None else {})}
 
 
 def _lint_section(check) -> dict:

@@ -15,6 +15,7 @@ from torchpqt.config._base import _Config, _meta
 from torchpqt.config._checks import (
     _boolean,
     _choice,
+    _closest,
     _fail,
     _integer,
     _optional,
@@ -210,6 +211,20 @@ def _unused(path: str, value: Any) -> Any:
     return value
 
 
+TUNING_GUARDS = ("layer", "model", "both")
+
+
+def _guard(path: str, value: Any) -> str | bool:
+    """``tuning_guard``: ``"layer"``, ``"model"``, ``"both"`` or ``false``; ``true`` (the key's first form) is
+    ``"both"``."""
+    if value is True:
+        return "both"
+    if value is False or (isinstance(value, str) and value in TUNING_GUARDS):
+        return value
+    raise ConfigError(f"{path}: got {value!r}{_closest(value, TUNING_GUARDS)} Allowed: "
+                      f"{', '.join(TUNING_GUARDS)}, false (true means both).")
+
+
 @dataclass(frozen=True)
 class LayerwiseTuningConfig(_Config):
     """LayerwiseTuning keys and POT's defaults (spec §11; QuantizeModelFinetuning.__init__). In JSON
@@ -240,5 +255,5 @@ class LayerwiseTuningConfig(_Config):
     loss_logging_freq: int = field(default=10, metadata=_meta(_integer(1)))
     # torchpqt extensions (README "Layerwise tuning")
     tuning_mode: str = field(default="simultaneous", metadata=_meta(_choice("simultaneous", "sequential")))
-    tuning_guard: bool = field(default=True, metadata=_meta(_boolean))
+    tuning_guard: str | bool = field(default="both", metadata=_meta(_guard))
     tuning_guard_samples: int = field(default=50, metadata=_meta(_integer(1)))
