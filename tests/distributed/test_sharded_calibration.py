@@ -20,9 +20,10 @@ def _launch(tmp_path, names: list[str], errors: bool = True) -> None:
     init = tmp_path / "init"
     try:
         mp.spawn(dist_cases.worker, args=(2, str(init), str(tmp_path), names, errors), nprocs=2, join=True)
-    except Exception:  # noqa: BLE001 - any spawn failure: show the ranks' tracebacks
+    except Exception as exc:  # noqa: BLE001 - any spawn failure: show the ranks' tracebacks
         crashes = [p.read_text() for p in tmp_path.glob("crash.*.txt")]
-        raise AssertionError("a rank crashed:\n" + "\n".join(crashes)) from None
+        # no crash file: the rank died before its handler ran (a signal); say how
+        raise AssertionError("a rank crashed:\n" + ("\n".join(crashes) or f"{type(exc).__name__}: {exc}")) from None
 
 
 def _check(tmp_path, names: list[str]) -> None:
