@@ -200,6 +200,8 @@ def weight_stat(
         float64 array: shape ``()`` per tensor, ``[C]`` per channel.
     """
     _check(stat_type, granularity, q)
+    if isinstance(w, torch.Tensor) and stat_type in ("min", "max", "abs_max") and w.numel():
+        return _weight_extreme(w, stat_type, granularity, axis)
     if isinstance(w, torch.Tensor):
         w = w.detach().to("cpu", torch.float32).numpy()
     # POT casts to float32; numpy 1.26 (POT's) then interpolates quantiles in float64.
@@ -217,3 +219,20 @@ def weight_stat(
         fn = {"min": np.min, "max": np.max, "abs_max": np.max, "mean": np.mean}[stat_type]
         out = fn(v, axis=red_axis)
     return np.asarray(out, dtype=np.float64)
+
+
+def _weight_extreme(w: torch.Tensor, stat_type: str, granularity: str, axis: int) -> np.ndarray:
+    """:func:`weight_stat`'s min / max / abs_max in float32 torch (the extreme of float32 values is one of them,
+    so casting afterwards gives NumPy's float64 result) instead of a float64 copy of the whole weight. Where the
+    extreme is zero NumPy decides the sign of zero (the two libraries return different zeros of a tie)."""
+    t = w.detach().to("cpu", torch.float32)
+    if stat_type == "abs_max":
+        t = t.abs()
+    per_channel = granularity == "perchannel" and t.dim() > 0
+    rows = t.movedim(axis, 0).reshape(t.shape[axis], -1) if per_channel else t.reshape(1, -1)
+    out = (rows.amin(dim=1) if stat_type == "min" else rows.amax(dim=1)).to(torch.float64).numpy()
+    zero = np.flatnonzero(out == 0)
+    if zero.size:
+        fn = np.min if stat_type == "min" else np.max
+        out[zero] = fn(rows[torch.from_numpy(zero)].numpy().astype(np.float64), axis=1)
+    return out if per_channel else out.reshape(())
