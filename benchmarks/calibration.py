@@ -9,7 +9,8 @@ For each model, over the same calibration samples and batch size:
     conv→conv pairs channel alignment treats, the second pass the 160 MinMax and bias-correction points),
   * ``capture``: ``torchpqt.prepare()`` alone (torch.export and the graph passes),
   * ``quantize``: the whole ``torchpqt.quantize()`` call (capture + every calibration pass + convert).
-Times are medians of ``--repeat`` interleaved runs in one process; the ratios are what we report.
+Times are medians of ``--repeat`` interleaved runs in one process, in this process's CPU time by default (one
+torch thread: other jobs on the same cores then slow no step more than another); the ratios are what we report.
 Peak memory is the resident-set high-water mark a step adds on top of the built model and data, measured
 in a fresh subprocess per step (Linux /proc); ``benchmarks/memory.py`` measures large-activation models.
 
@@ -114,10 +115,11 @@ def _config(samples: int, batch: int) -> dict:
     return {"preset": "performance", "stat_subset_size": samples, "stat_batch_size": batch}
 
 
-def step(name: str, what: str, samples: int, batch: int, built=None) -> float:
+def step(name: str, what: str, samples: int, batch: int, built=None, clock=time.process_time) -> float:
+    """Seconds of ``clock`` one step takes (default: this process's CPU time, see ``--clock``)."""
     model, data = built if built is not None else build(name)
     data = data[:samples]
-    t0 = time.perf_counter()
+    t0 = clock()
     with torch.no_grad():
         if what == "fp32":
             for b in _batches(data, batch):
@@ -129,12 +131,12 @@ def step(name: str, what: str, samples: int, batch: int, built=None) -> float:
             prepared = torchpqt.prepare(model, example, _config(samples, batch))
             if what == "observe_all":
                 prepared = observe_all(prepared)
-            t0 = time.perf_counter()
+            t0 = clock()
             for b in _batches(data, batch):
                 _call(prepared, b)
         else:
             torchpqt.quantize(model, data, _config(samples, batch), progress=False)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def observe_all(prepared):
@@ -187,12 +189,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="cpu: this process's CPU time (robust when other jobs share the cores; torch runs on "
+                         "one thread unless OMP_NUM_THREADS says otherwise); wall: elapsed time")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     load = os.getloadavg()[0]
     print(f"# CPU ISA: {isa()}; {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
-          f"load average at start {load:.1f}", flush=True)
-    report = {"cpu_isa": isa(), "threads": torch.get_num_threads(), "load_at_start": load}
+          f"{args.clock} time; load average at start {load:.1f}", flush=True)
+    report = {"cpu_isa": isa(), "threads": torch.get_num_threads(), "clock": args.clock, "load_at_start": load}
     for name in args.models:
         built = build(name)
         with torch.no_grad():  # warm-up: one-time kernel and allocator setup is not part of any step
@@ -200,7 +206,7 @@ def main() -> None:
         times = {"fp32": [], "calibrate": [], "observe_all": [], "capture": [], "quantize": []}
         for _ in range(args.repeat):  # interleaved
             for what, runs in times.items():
-                runs.append(step(name, what, args.samples, args.batch, built))
+                runs.append(step(name, what, args.samples, args.batch, built, clock))
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {"seconds": med, **{f"{k}/fp32": med[k] / med["fp32"] for k in times if k != "fp32"},
                "passes": torchpqt.prepare(built[0], _batches(built[1][:1], 1)[0],
