@@ -9,6 +9,9 @@ Each measurement runs in a fresh Python process (``MALLOC_MMAP_THRESHOLD_`` fixe
 the system and the resident set tracks live memory). The peak is the resident-set high-water mark (``VmHWM``,
 reset with ``/proc/self/clear_refs`` just before the step) minus the resident set just before the step:
   * ``fp32``: the plain model's forward of one batch (under no_grad),
+  * ``graph``: the captured FP32 graph without observers (BatchNorm folded, attention spelled out as POT's
+    IR had it: MatMul, Multiply, Add, SoftMax, MatMul; so BERT's attention scores are materialized where the
+    plain model's scaled_dot_product_attention kernel never holds them),
   * ``calibration``: the prepared model's forward of ``--batches`` batches (observers collecting statistics),
     after ``prepare()``; with ``inplace_statistics`` false (POT's API default) and true,
   * ``capture``: what ``prepare()`` itself adds (a copy of the model, torch.export's tracing),
@@ -131,6 +134,13 @@ def child(name: str, what: str, batch: int, batches: int, inplace: bool) -> dict
             base = _reset_peak()
             _call(model, data)
             out["fp32"] = _status_mib("VmHWM") - base
+        elif what == "graph":
+            from torchpqt.graph.capture import capture
+
+            gm = capture(model, data)
+            base = _reset_peak()
+            _call(gm, data)
+            out["graph"] = _status_mib("VmHWM") - base
         elif what == "calibration":
             base = _reset_peak()
             prepared = torchpqt.prepare(model, data, config)
@@ -168,11 +178,13 @@ def main() -> None:
     report = {"batch": args.batch, "batches": args.batches, "cpu_isa": isa()}
     for name in args.models:
         row = dict(_run(name, "fp32", args.batch, args.batches, False))
+        row.update(_run(name, "graph", args.batch, args.batches, False))
         for inplace in (False, True):
             got = _run(name, "calibration", args.batch, args.batches, inplace)
             row[f"capture (inplace={inplace})"] = got["capture"]
             row[f"calibration (inplace={inplace})"] = got["calibration"]
             row[f"calibration/fp32 (inplace={inplace})"] = got["calibration"] / row["fp32"]
+            row[f"calibration/graph (inplace={inplace})"] = got["calibration"] / row["graph"]
         if not args.no_quantize:
             row["quantize"] = _run(name, "quantize", args.batch, args.batches, False)["quantize"]
         report[name] = row
