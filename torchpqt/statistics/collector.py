@@ -21,6 +21,8 @@ from .reducers import minmax, reduce
 __all__ = ["TensorStatistics"]
 
 _MINMAX_TYPES = ("min", "max", "abs_max")
+# Batches whose finiteness checks are folded at once (one stack + a few ops instead of several per batch).
+_CHECK_BLOCK = 64
 
 
 class TensorStatistics:
@@ -41,6 +43,8 @@ class TensorStatistics:
         self.inplace = inplace
         self.num_batches = 0
         self._first_nonfinite: torch.Tensor | None = None  # on the device: first batch with a NaN/Inf stat
+        self._checks: list[torch.Tensor] = []  # per batch not yet folded: the float64 sum of its statistics
+        self._checked = 0  # batches folded into _first_nonfinite
         self._aggregators: dict[tuple, Aggregator] = {}
         self._by_reducer: dict[tuple, list[tuple]] = {}
         #: ``reducer key -> [per-batch reduced values]`` when recording (a statistics cache), else None;
@@ -57,9 +61,11 @@ class TensorStatistics:
                 self._aggregators[agg_key] = make_aggregator(spec.aggregator)
                 self._by_reducer.setdefault(spec.reducer_key, []).append(agg_key)
 
-    @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         """Reduce one inference batch ``[B, ...]`` and feed the aggregators."""
+        if torch.is_grad_enabled():  # calibration runs under no_grad already: enter it only when needed
+            with torch.no_grad():
+                return self.update(x)
         x = x.detach()
         pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # one aminmax pass per granularity
         stats: dict[tuple, torch.Tensor] = {}
@@ -89,29 +95,40 @@ class TensorStatistics:
         """Feed one batch's per-sample reduced values (``reducer key -> tensor``, as :meth:`update` computes
         them) to the aggregators: what :meth:`update` does after reducing, and how a statistics cache
         replays recorded reductions (the same tensors in the same order give the same states bit for bit)."""
-        finite: torch.Tensor | None = None
+        check: torch.Tensor | None = None
         for reducer_key, agg_keys in self._by_reducer.items():
             stat = stats[reducer_key]
-            ok = torch.isfinite(stat).all()
-            finite = ok if finite is None else finite & ok
+            # one float64 sum per statistic: NaN or Inf anywhere in it makes the sum non-finite (float32
+            # statistics cannot overflow a float64 sum), and the sums of one batch add up the same way
+            total = stat.sum(dtype=torch.float64) if stat.device.type != "mps" else \
+                torch.where(torch.isfinite(stat).all(), 0.0, float("nan"))  # no float64 there
+            check = total if check is None else check + total
             for agg_key in agg_keys:
                 self._aggregators[agg_key].update(stat)
-        if finite is not None:
-            self._note_nonfinite(finite)
+        if check is not None:
+            self._checks.append(check)
+            if len(self._checks) >= _CHECK_BLOCK:
+                self._fold_checks()
         self.num_batches += 1
 
     def reducer_keys(self) -> tuple[tuple, ...]:
         """The per-sample reductions this tensor's statistics need."""
         return tuple(self._by_reducer)
 
-    def _note_nonfinite(self, finite: torch.Tensor) -> None:
-        # no device-to-host sync on the hot path: the first offending batch index is kept on the device
-        here = torch.where(finite, -1, self.num_batches)
+    def _fold_checks(self) -> None:
+        # no device-to-host sync on the hot path: the per-batch sums are folded, a block at a time, into the
+        # index of the first batch whose statistics held NaN or Inf (-1: none), kept on the device
+        bad = ~torch.isfinite(torch.stack(self._checks))
+        here = torch.where(bad.any(), bad.to(torch.uint8).argmax() + self._checked, -1)  # argmax: the first
         prev = self._first_nonfinite
         self._first_nonfinite = here if prev is None else torch.where(prev >= 0, prev, here)
+        self._checked += len(self._checks)
+        self._checks = []
 
     def first_nonfinite_batch(self) -> int | None:
         """Index of the first batch whose statistics held NaN or Inf, or None."""
+        if self._checks:
+            self._fold_checks()
         if self._first_nonfinite is None:
             return None
         value = int(self._first_nonfinite)

@@ -21,6 +21,10 @@ __all__ = ["minmax", "reduce", "weight_stat"]
 
 # Above this many order statistics a partial sort (topk) loses to two selections (kthvalue).
 _TOPK_MAX = 1024
+# Up to this many elements (a tensor that stays in cache) amin + amax beat one aminmax pass on CPU (torch 2.13:
+# 69 vs 11 us for 62.7k elements, 88 vs 67 us for 49k); beyond it the single pass wins. Either gives the same
+# min and max (only which zero of a -0.0 / 0.0 tie is returned may differ, which compares equal).
+_SMALL = 1 << 19
 # Elements summed in float32 before the float64 accumulation of a mean.
 _MEAN_BLOCK = 64
 
@@ -65,12 +69,13 @@ def _rows(x: torch.Tensor, granularity: str, channel_axis: int, per_batch: bool)
     return x.reshape(x.shape[0], -1)
 
 
-@torch.no_grad()
 def minmax(
     x: torch.Tensor, granularity: str, *, channel_axis: int = 1, per_batch: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample min and max in one pass (same shapes and rules as :func:`reduce`)."""
-    x = x.detach()
+    if torch.is_grad_enabled():  # the calibration loop runs under no_grad already: enter it only when needed
+        with torch.no_grad():
+            return minmax(x, granularity, channel_axis=channel_axis, per_batch=per_batch)
     dtype = _out_dtype(x)
     dims = _reduced_dims(x, granularity, channel_axis, per_batch)
     if dims is None:
@@ -78,15 +83,18 @@ def minmax(
         return v, v
     if x.is_contiguous() and (granularity == "pertensor" or channel_axis % x.ndim == 1):
         rows = _rows(x, granularity, channel_axis, per_batch)  # a view: no copy
-        if rows.dim() == 2 and rows.shape[0] == 1:  # one row: a full reduction is the cheapest call
-            mn, mx = (t.reshape(1) for t in torch.aminmax(rows))
+        if rows.dim() == 2 and rows.shape[0] == 1:  # one row: full reductions are the cheapest calls
+            if rows.numel() <= _SMALL:
+                mn, mx = rows.amin().reshape(1), rows.amax().reshape(1)
+            else:
+                mn, mx = (t.reshape(1) for t in torch.aminmax(rows))
         else:  # amin + amax rather than aminmax(dim=-1): measured 10-20x faster on CPU with torch 2.13
             mn, mx = rows.amin(dim=-1), rows.amax(dim=-1)
     else:
         mn, mx = x.amin(dim=dims), x.amax(dim=dims)  # two passes, still no copy of x
         if granularity == "pertensor":
             mn, mx = mn.reshape(-1), mx.reshape(-1)
-    return mn.to(dtype), mx.to(dtype)
+    return (mn, mx) if mn.dtype == dtype else (mn.to(dtype), mx.to(dtype))
 
 
 def _lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -200,6 +208,8 @@ def weight_stat(
         float64 array: shape ``()`` per tensor, ``[C]`` per channel.
     """
     _check(stat_type, granularity, q)
+    if isinstance(w, torch.Tensor) and stat_type in ("min", "max", "abs_max") and w.numel():
+        return _weight_extreme(w, stat_type, granularity, axis)
     if isinstance(w, torch.Tensor):
         w = w.detach().to("cpu", torch.float32).numpy()
     # POT casts to float32; numpy 1.26 (POT's) then interpolates quantiles in float64.
@@ -217,3 +227,20 @@ def weight_stat(
         fn = {"min": np.min, "max": np.max, "abs_max": np.max, "mean": np.mean}[stat_type]
         out = fn(v, axis=red_axis)
     return np.asarray(out, dtype=np.float64)
+
+
+def _weight_extreme(w: torch.Tensor, stat_type: str, granularity: str, axis: int) -> np.ndarray:
+    """:func:`weight_stat`'s min / max / abs_max in float32 torch (the extreme of float32 values is one of them,
+    so casting afterwards gives NumPy's float64 result) instead of a float64 copy of the whole weight. Where the
+    extreme is zero NumPy decides the sign of zero (the two libraries return different zeros of a tie)."""
+    t = w.detach().to("cpu", torch.float32)
+    if stat_type == "abs_max":
+        t = t.abs()
+    per_channel = granularity == "perchannel" and t.dim() > 0
+    rows = t.movedim(axis, 0).reshape(t.shape[axis], -1) if per_channel else t.reshape(1, -1)
+    out = (rows.amin(dim=1) if stat_type == "min" else rows.amax(dim=1)).to(torch.float64).numpy()
+    zero = np.flatnonzero(out == 0)
+    if zero.size:
+        fn = np.min if stat_type == "min" else np.max
+        out[zero] = fn(rows[torch.from_numpy(zero)].numpy().astype(np.float64), axis=1)
+    return out if per_channel else out.reshape(())
