@@ -253,7 +253,7 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
             with _dist.log_on_rank_zero():
                 return _quantize_sharded(model, calibration_data, cfg, example_inputs, transform_fn, progress)
         data = CalibrationData(calibration_data, cfg, transform_fn)
-        fingerprint = DataFingerprint()
+        fingerprint = DataFingerprint(device_values=statistics_cache is not None)
         if statistics_cache is not None:
             if isinstance(calibration_data, Iterator):
                 raise TorchPQTError("statistics_cache needs calibration_data it can read twice (to fingerprint the "

@@ -151,7 +151,7 @@ def observe(model: fx.GraphModule, requests, data, *, cache=None, progress: bool
     model.recompile()
     missing = [r for r in requests if r.point not in known]
     if missing:
-        read = DataFingerprint()
+        read = DataFingerprint(device_values=True)
         batches = data.batches() if cache is None else read.wrap(data.batches())
         calibrate(model, batches, total=data.total(), progress=progress, desc=desc)
         if cache is not None and read.digest != cache.data:

@@ -51,6 +51,8 @@ _VERSION = 1
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
+    if t.device.type == "meta":  # shapes only, no values to hash
+        return b"meta"
     t = t.detach().cpu().contiguous().reshape(-1)
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
@@ -100,9 +102,15 @@ class DataFingerprint:
     """What calibration read: the sample indices, their batching and a hash of every input tensor.
 
     Feed it the inference batches of a pass (:meth:`update`, or :meth:`wrap` an iterator of them).
+
+    Args:
+        device_values: also hash the values of tensors that are not on the CPU (a host copy per batch: only
+            a statistics cache needs it); otherwise such tensors count by dtype and shape only, so calibrating
+            data that already sits on an accelerator reads nothing back per batch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device_values: bool = False) -> None:
+        self.device_values = device_values
         self._digest = hashlib.sha256()
         self.pieces: list[tuple[int, int, int, int]] = []  # (item index, first row, stop row, rows in the item)
         self.samples = 0
@@ -114,8 +122,10 @@ class DataFingerprint:
         self._digest.update(f"batch {self.batches}: {origin!r}\n".encode())
         leaves = pytree.tree_leaves(tuple(batch))
         for i, leaf in enumerate(leaves):
-            if isinstance(leaf, torch.Tensor):
+            if isinstance(leaf, torch.Tensor) and (leaf.device.type == "cpu" or self.device_values):
                 _update(self._digest, str(i), leaf)
+            elif isinstance(leaf, torch.Tensor):
+                self._digest.update(f"{i}:{leaf.dtype}:{tuple(leaf.shape)}@{leaf.device.type};".encode())
             else:
                 self._digest.update(f"{i}={leaf!r};".encode())
         tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
