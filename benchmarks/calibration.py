@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -146,7 +147,9 @@ def observe_all(prepared):
     later = [r for stage in prepared.torchpqt_schedule.stages[1:] for r in stage.requests]
     if not later:
         return prepared
-    gm = copy.deepcopy(prepared)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
+        gm = copy.deepcopy(prepared)
     instrument(gm, later)
     gm.graph.lint()
     gm.recompile()
