@@ -231,3 +231,28 @@ def test_bert_without_model_type_exports_with_the_check_on(tmp_path, caplog):
     assert report.sim_sqnr_db > 60 and report.int8_sqnr_db > 40
     foreign = [r for r in caplog.records if not r.name.startswith("torchpqt")]
     assert foreign == [], [r.getMessage() for r in foreign]  # onnxscript's "Evaluation failed" is filtered
+
+
+class _GroupedConv1d(nn.Module):
+    """wav2vec2's positional conv in small: OpenVINO's int8 grouped Conv1d (kernel 16, groups 4) is off on CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv1d(32, 32, 3, padding=1)
+        self.g = nn.Conv1d(32, 32, 16, padding=8, groups=4)
+        self.b = nn.Conv1d(32, 8, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.g(torch.relu(self.a(x)))))
+
+
+def test_an_int8_run_far_below_the_simulated_ir_is_a_warning(tmp_path, caplog):
+    torch.manual_seed(0)
+    qmodel = torchpqt.quantize(_GroupedConv1d().eval(), [torch.randn(1, 32, 50) for _ in range(16)], progress=False)
+    with caplog.at_level(logging.WARNING, logger="torchpqt"):
+        report = ov_export.export(qmodel, torch.randn(4, 32, 50), tmp_path / "m.xml")
+    warned = [r for r in caplog.records if "int8 kernel issue" in r.getMessage()]
+    if report.int8_sqnr_db >= 12:  # this OpenVINO's kernel is right: nothing to warn about
+        assert not warned
+        pytest.skip(f"int8 grouped Conv1d agrees with torch here ({report.int8_sqnr_db:.1f} dB)")
+    assert report.sim_sqnr_db > 30 and len(warned) == 1
