@@ -156,11 +156,13 @@ def export_fp32_ir(model: torch.nn.Module, example, xml) -> None:
     """The FP32 model as an IR (for the latency comparison), through the same ONNX route as the int8 one."""
     import tempfile
 
+    import onnx
     import openvino as ov
     from torchpqt.exporters import onnx as onnx_export
 
     with tempfile.TemporaryDirectory(prefix="example_") as tmp:
-        path = onnx_export.export(model, example, Path(tmp) / "fp32.onnx", dynamic_batch=True)
+        path = Path(tmp) / "fp32.onnx"
+        onnx.save_model(onnx_export.export_proto(model, example, dynamic_batch=True), str(path))  # no log line
         ov.save_model(ov.Core().read_model(str(path)), str(xml), compress_to_fp16=False)
 
 

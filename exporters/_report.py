@@ -112,7 +112,9 @@ class ExportReport:
         if self.int8_share is not None:
             n_int8 = sum(p in _INT8 for _, _, p in self.op_precisions)
             lines.append(f"  int8 weighted ops: {n_int8}/{len(self.op_precisions)} ({self.int8_share:.0%})")
-            lines += [f"    {kind:<14} {prec:<5} {name}" for name, kind, prec in self.op_precisions]
+            # the ones that stay float are the news; every op's precision is in ``op_precisions``
+            lines += [f"    not int8: {kind:<14} {prec:<5} {name}" for name, kind, prec in self.op_precisions
+                      if prec not in _INT8]
         if self.lint is not None:
             lines.append("  " + str(self.lint).replace("\n", "\n  "))
         return "\n".join(lines)
