@@ -463,11 +463,9 @@ def table(rows: list[Row], markdown: bool) -> str:
 
 def _isa() -> str:
     """The int8-relevant instruction sets of this CPU (Linux flags), e.g. ``avx512_vnni amx_int8``."""
-    from torchpqt.hardware.cpu_isa import cpu_flags
+    from torchpqt.hardware.cpu_isa import isa_flags
 
-    flags = cpu_flags() or frozenset()
-    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return " ".join(found) or "unknown"
+    return isa_flags()
 
 
 def main(argv: list[str] | None = None) -> int:

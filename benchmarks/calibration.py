@@ -40,21 +40,21 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchpqt
+from torchpqt.hardware.cpu_isa import isa_flags
 
 
-class ConvNet5M(nn.Module):
-    """A 5.0M-parameter conv net (conv-bn-relu stages, residual adds, depthwise, linear head)."""
+class ConvNet(nn.Module):
+    """Conv-bn-relu stages, residual adds, depthwise, linear head (5.0M parameters at the default widths)."""
 
-    def __init__(self):
+    def __init__(self, chans: tuple[int, ...] = (3, 96, 192, 384, 768), classes: int = 1000):
         super().__init__()
         torch.manual_seed(0)
-        chans = [3, 96, 192, 384, 768]
         self.stages = nn.ModuleList()
         for cin, cout in itertools.pairwise(chans):
             self.stages.append(nn.ModuleDict({
                 "down": nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), "bn": nn.BatchNorm2d(cout),
                 "dw": nn.Conv2d(cout, cout, 3, padding=1, groups=cout), "pw": nn.Conv2d(cout, cout, 1)}))
-        self.fc = nn.Linear(768, 1000)
+        self.fc = nn.Linear(chans[-1], classes)
 
     def forward(self, x):
         for s in self.stages:
@@ -86,7 +86,7 @@ def build(name: str):
                  "attention_mask": torch.ones(1, MINILM_SEQ, dtype=torch.long)} for _ in range(1000)]
         return model, data
     if name == "cnn":
-        return ConvNet5M().eval(), [torch.randn(1, 3, 96, 96, generator=g) for _ in range(1000)]
+        return ConvNet().eval(), [torch.randn(1, 3, 96, 96, generator=g) for _ in range(1000)]
     from transformers import BertConfig, BertModel
 
     cfg = BertConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
@@ -157,13 +157,7 @@ def observe_all(prepared):
 
 
 def isa() -> str:
-    """The CPU's vector / int8 instruction sets (Linux), e.g. ``avx2 avx512f avx512_vnni amx_int8``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "no AVX2"
+    return isa_flags()
 
 
 def _status_mib(field: str) -> float:

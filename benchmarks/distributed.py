@@ -16,7 +16,6 @@ to the 1-rank one. Note the cores: two ranks only run faster than one where two 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import pickle
@@ -27,12 +26,11 @@ import time
 
 import torch
 import torch.multiprocessing as mp
-import torch.nn.functional as F
-from torch import nn
+from calibration import ConvNet  # the benchmarks' conv net, here at 1.3M parameters
 
 import torchpqt
 import torchpqt.distributed as tdist
-from torchpqt.hardware.cpu_isa import cpu_flags
+from torchpqt.hardware.cpu_isa import isa_flags
 
 CONFIGS = {
     "default": {"preset": "performance"},
@@ -41,31 +39,10 @@ CONFIGS = {
 }
 
 
-class ConvNet(nn.Module):
-    """A 1.3M-parameter conv net (conv-bn-relu stages, residual adds, depthwise, linear head)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        chans = [3, 48, 96, 192, 384]
-        self.stages = nn.ModuleList()
-        for cin, cout in itertools.pairwise(chans):
-            self.stages.append(nn.ModuleDict({
-                "down": nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), "bn": nn.BatchNorm2d(cout),
-                "dw": nn.Conv2d(cout, cout, 3, padding=1, groups=cout), "pw": nn.Conv2d(cout, cout, 1)}))
-        self.fc = nn.Linear(384, 100)
-
-    def forward(self, x):
-        for s in self.stages:
-            x = F.relu(s["bn"](s["down"](x)))
-            x = x + F.relu(s["pw"](F.relu(s["dw"](x))))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
 def build(name: str, n: int):
     g = torch.Generator().manual_seed(0)
     if name == "cnn":
-        return ConvNet().eval(), [torch.randn(1, 3, 64, 64, generator=g) for _ in range(n)]
+        return ConvNet(chans=(3, 48, 96, 192, 384), classes=100).eval(), [torch.randn(1, 3, 64, 64, generator=g) for _ in range(n)]
     from transformers import BertConfig, BertModel
 
     cfg = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -123,9 +100,7 @@ def ranks(world: int, name: str, n: int, config: str) -> tuple[list[dict], dict]
 
 
 def isa() -> str:
-    flags = cpu_flags() or frozenset()
-    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16") if f in flags]
-    return " ".join(found) or "unknown"
+    return isa_flags()
 
 
 def main() -> None:

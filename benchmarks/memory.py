@@ -93,13 +93,10 @@ def build(name: str, batch: int):
 
 
 def isa() -> str:
-    """The CPU's vector / int8 instruction sets (Linux), e.g. ``avx2 avx512f avx512_vnni amx_int8``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "no AVX2"
+    # imported here: the measured subprocesses import torchpqt themselves
+    from torchpqt.hardware.cpu_isa import isa_flags
+
+    return isa_flags()
 
 
 def _call(model, batch):

@@ -21,14 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchpqt
-from torchpqt.hardware.cpu_isa import cpu_flags
+from torchpqt.hardware.cpu_isa import cpu_flags, cpu_isa_name
 from torchpqt.manifest import state_dict_hash
-
-try:
-    from torchpqt.exporters._lint import cpu_isa_name
-except ImportError:  # no OpenVINO: name the ISA from the flags alone
-    def cpu_isa_name(flags):
-        return " ".join(f for f in ("avx2", "avx512_vnni", "avx_vnni", "amx_int8") if f in (flags or ()))
 
 
 class SmallCNN(nn.Module):

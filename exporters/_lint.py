@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import openvino as ov
 
-from torchpqt.hardware.cpu_isa import cpu_flags, int8_saturates
+from torchpqt.hardware.cpu_isa import cpu_flags, cpu_isa_name, int8_saturates
 
 __all__ = ["FakeQuantizeFusion", "Int8Lint", "cpu_isa_name", "lint_compiled"]
 
@@ -88,18 +88,6 @@ class Int8Lint:
                    None: "faster in int8 on this CPU: unknown"}[self.faster]
         lines.append("    " + verdict)
         return "\n".join(lines)
-
-
-def cpu_isa_name(flags: Iterable[str] | None) -> str:
-    """This CPU's int8 dot-product instruction sets, e.g. ``AVX512-VNNI + AMX`` or ``AVX2 (no VNNI)``."""
-    if flags is None:
-        return "unknown CPU"
-    flags = set(flags)
-    names = [n for f, n in (("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX"))
-             if f in flags]
-    if names:
-        return " + ".join(names)
-    return "AVX2 (no VNNI)" if "avx2" in flags else "no x86 int8 dot product"
 
 
 def _activation_fake_quantize(model: ov.Model) -> list[str]:

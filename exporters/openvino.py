@@ -178,7 +178,7 @@ def _convert(qmodel: torch.nn.Module, example_inputs: Any, dynamic_batch: bool
         try:
             model = ov.Core().read_model(str(onnx_path))
         except RuntimeError as exc:  # an op the ONNX frontend has no translation for
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+            lines = _openvino_reason(exc)
             raise ExportError(
                 "torchpqt.exporters.openvino: OpenVINO cannot convert the exported ONNX graph: "
                 f"{' '.join(lines[-2:]) if lines else type(exc).__name__}\n  fix: the op named there has no OpenVINO "
@@ -287,6 +287,11 @@ def _warn_int8_far_off(report: ExportReport) -> None:
                    "or ignored.operations", sim, int8)
 
 
+def _openvino_reason(exc: RuntimeError) -> list[str]:
+    """The lines of an OpenVINO error that say what went wrong (without its "Exception from <file>" frames)."""
+    return [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+
+
 def compile_or_explain(core: ov.Core, model: ov.Model, device: str, config: dict, xml: Path | None = None,
                        simulated: bool = False) -> ov.CompiledModel:
     """``core.compile_model``; an IR the plugin refuses raises ExportError with the plugin's own reason (the
@@ -295,7 +300,7 @@ def compile_or_explain(core: ov.Core, model: ov.Model, device: str, config: dict
     try:
         return core.compile_model(model, device, config)
     except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+        lines = _openvino_reason(exc)
         reason = lines[-1] if lines else type(exc).__name__
         where = f" (written to {xml} for inspection)" if xml is not None else ""
         what = ("cannot compile the IR with each FakeQuantize as a layer of its own (the check's simulated run)"

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 
 from torchpqt._once import log_once
 
-__all__ = ["INT8_DOT_FLAGS", "advise_saturation", "cpu_flags", "int8_saturates", "saturation_advice"]
+__all__ = ["INT8_DOT_FLAGS", "advise_saturation", "cpu_flags", "cpu_isa_name", "int8_saturates", "isa_flags",
+           "saturation_advice"]
 
 #: CPU flags of an int8 dot product that accumulates in int32 (no int16 saturation).
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -38,6 +39,31 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
     except OSError:
         return None
     return None
+
+
+def cpu_isa_name(flags: Iterable[str] | None) -> str:
+    """This CPU's int8 dot-product instruction sets, e.g. ``AVX512-VNNI + AMX`` or ``AVX2 (no VNNI)``."""
+    if flags is None:
+        return "unknown CPU"
+    flags = set(flags)
+    names = [n for f, n in (("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX"))
+             if f in flags]
+    if names:
+        return " + ".join(names)
+    return "AVX2 (no VNNI)" if "avx2" in flags else "no x86 int8 dot product"
+
+
+#: the flags the benchmarks print next to every figure
+_BENCH_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def isa_flags(flags: Iterable[str] | None = None) -> str:
+    """This CPU's vector / int8 flags as benchmarks print them, e.g. ``avx2 avx512f avx512_vnni amx_int8``
+    (default: this machine's, :func:`cpu_flags`)."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return "unknown"
+    return " ".join(f for f in _BENCH_FLAGS if f in flags) or "no AVX2"
 
 
 def int8_saturates(flags: Iterable[str] | None) -> bool | None:

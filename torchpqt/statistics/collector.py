@@ -86,7 +86,8 @@ class TensorStatistics:
             for granularity, (mn, mx) in pairs.items():  # the free siblings: a mode change needs no new pass
                 stats.setdefault(("min", None, granularity), mn)
                 stats.setdefault(("max", None, granularity), mx)
-                stats.setdefault(("abs_max", None, granularity), torch.maximum(-mn, mx))
+                if ("abs_max", None, granularity) not in stats:  # not computed twice
+                    stats["abs_max", None, granularity] = torch.maximum(-mn, mx)
             for reducer_key, stat in stats.items():
                 self.records.setdefault(reducer_key, []).append(stat)
         self.feed(stats)
