@@ -25,7 +25,7 @@ import torch
 
 from torchpqt.errors import TorchPQTError
 from torchpqt.quant.fake_quantize import FakeQuantize
-from torchpqt.statistics.cache import model_hash
+from torchpqt.statistics.cache import model_hash, update_digest
 
 __all__ = ["MANIFEST_NAME", "Reproduction", "fake_quantize_hash", "reproduce", "run_manifest", "state_dict_hash",
            "versions", "write_manifest"]
@@ -48,13 +48,6 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def _digest_tensor(digest, name: str, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous().reshape(-1)
-    digest.update(f"{name}:{t.dtype}:{t.numel()};".encode())
-    if t.numel():
-        digest.update(t.view(torch.uint8).numpy().tobytes())
-
-
 def fake_quantize_hash(qmodel: torch.nn.Module) -> str:
     """sha256 of every FakeQuantize's levels and ranges (name, dtype and bytes), in module order."""
     digest = hashlib.sha256()
@@ -62,7 +55,7 @@ def fake_quantize_hash(qmodel: torch.nn.Module) -> str:
         if isinstance(m, FakeQuantize):
             digest.update(f"{name}:{int(m.levels)};".encode())
             for i, t in enumerate(m.ranges()):
-                _digest_tensor(digest, f"{name}.{i}", t)
+                update_digest(digest, f"{name}.{i}", t)
     return digest.hexdigest()
 
 
@@ -71,8 +64,7 @@ def state_dict_hash(qmodel: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, t in qmodel.state_dict().items():
         if isinstance(t, torch.Tensor):
-            digest.update(f"{tuple(t.shape)}".encode())
-            _digest_tensor(digest, name, t)
+            update_digest(digest, name, t)
     return digest.hexdigest()
 
 

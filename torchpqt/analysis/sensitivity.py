@@ -472,10 +472,9 @@ def _versions() -> dict[str, str]:
         out["openvino"] = openvino.get_version()
     except ImportError:
         pass
-    from torchpqt.hardware.cpu_isa import cpu_flags
+    from torchpqt.hardware.cpu_isa import isa_flags
 
-    flags = cpu_flags() or frozenset()
-    out["cpu_isa"] = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags)
+    out["cpu_isa"] = isa_flags()
     return out
 
 

@@ -42,7 +42,7 @@ from ..errors import TorchPQTError
 from .collector import TensorStatistics
 from .store import StatisticsStore
 
-__all__ = ["DataFingerprint", "StatisticsCache", "model_hash", "state_hash", "statistics_digest"]
+__all__ = ["DataFingerprint", "StatisticsCache", "model_hash", "state_hash", "statistics_digest", "update_digest"]
 
 logger = logging.getLogger("torchpqt")
 
@@ -57,7 +57,8 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
-def _update(digest, name: str, t: torch.Tensor) -> None:
+def update_digest(digest, name: str, t: torch.Tensor) -> None:
+    """Feed one tensor (name, dtype, shape, bytes; a meta tensor by shape only) to a hashlib digest."""
     digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
     digest.update(_tensor_bytes(t))
 
@@ -71,7 +72,7 @@ def model_hash(model: torch.nn.Module) -> str:
     """sha256 of the model's class and every parameter and buffer (name, dtype, shape, bytes)."""
     digest = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n".encode())
     for name, t in _named_tensors(model):
-        _update(digest, name, t)
+        update_digest(digest, name, t)
     return digest.hexdigest()
 
 
@@ -79,7 +80,7 @@ def state_hash(gm: torch.fx.GraphModule) -> str:
     """sha256 of a working model as a calibration pass sees it: its graph's code, parameters and buffers."""
     digest = hashlib.sha256(gm.code.encode())
     for name, t in _named_tensors(gm):
-        _update(digest, name, t)
+        update_digest(digest, name, t)
     return digest.hexdigest()
 
 
@@ -92,7 +93,7 @@ def statistics_digest(store: StatisticsStore) -> str:
         for field in sorted(state):
             value = state[field]
             if isinstance(value, torch.Tensor):
-                _update(digest, field, value)
+                update_digest(digest, field, value)
             else:
                 digest.update(f"{field}={value!r};".encode())
     return digest.hexdigest()
@@ -123,7 +124,7 @@ class DataFingerprint:
         leaves = pytree.tree_leaves(tuple(batch))
         for i, leaf in enumerate(leaves):
             if isinstance(leaf, torch.Tensor) and (leaf.device.type == "cpu" or self.device_values):
-                _update(self._digest, str(i), leaf)
+                update_digest(self._digest, str(i), leaf)
             elif isinstance(leaf, torch.Tensor):
                 self._digest.update(f"{i}:{leaf.dtype}:{tuple(leaf.shape)}@{leaf.device.type};".encode())
             else:
