@@ -36,6 +36,8 @@ def test_calibration_on_meta_reads_nothing_back(name, config):
     assert calibrate(prepared, meta.batches(), progress=False) == 5
     observers = [m for m in prepared.modules() if isinstance(m, Observer)]
     assert observers and all(o.stats.num_batches == 5 for o in observers)
+    for o in observers:  # the block fold (NaN/Inf check, aggregation) must not read the host either
+        o.stats._fold()
     states = [a._state if hasattr(a, "_state") and a._state is not None else a._parts[0]
               for o in observers for a in o.stats._aggregators.values()]
     assert states and {t.device.type for t in states} == {"meta"}

@@ -5,8 +5,12 @@ Each aggregator takes the per-batch statistics (``[B]`` per tensor, ``[B, C]`` p
 ``[1]`` for in-graph per-batch statistics) through :meth:`Aggregator.update` and gives the
 result as a float64 NumPy array from :meth:`Aggregator.result`.
 
-* ``mean``, ``max``, ``min`` and ``batch_mean`` run online in O(1) memory and keep their state on
-  the statistic's device, so calibration never waits on a device-to-host copy.
+* ``mean``, ``max``, ``min`` and ``batch_mean`` keep their state on the statistic's device, so calibration
+  never waits on a device-to-host copy; ``min``/``max`` hold one running extreme, ``mean``/``batch_mean`` each
+  batch's term (a number per batch and channel, what merges in rank order need) and sum them in batch order
+  when the state is read.
+* :meth:`Aggregator.update_stacked` takes many batches of equal shape at once (the collector folds its
+  pending batches in blocks); the state is bitwise the one of feeding them one by one.
 * ``median``, ``mean_no_outliers``, ``median_no_outliers`` and ``hl_estimator`` keep the reduced
   per-sample values (a few numbers per sample, never activations) and concatenate them at the
   end, so any subset size works (POT crashes when ``stat_subset_size % stat_batch_size != 0``).
@@ -42,6 +46,8 @@ class Aggregator(Protocol):
 
     def update(self, batch_stat: torch.Tensor | np.ndarray) -> None: ...
 
+    def update_stacked(self, stacked: torch.Tensor) -> None: ...
+
     def result(self) -> np.ndarray: ...
 
     def state(self) -> dict[str, Any] | None: ...
@@ -60,12 +66,15 @@ def _as_tensor(batch_stat: torch.Tensor | np.ndarray) -> torch.Tensor:
     return t if t.dim() else t.reshape(1)
 
 
-def _one_row(batch_stat) -> torch.Tensor | None:
-    """The statistic of a batch of one sample (``[1, ...]``) where the float64 fast paths apply, else None."""
-    if (isinstance(batch_stat, torch.Tensor) and batch_stat.dim() and batch_stat.shape[0] == 1
-            and not batch_stat.requires_grad and batch_stat.device.type != "mps"):
-        return batch_stat
-    return None
+def _stackable(t: torch.Tensor) -> bool:
+    """Whether the block fast paths apply to per-batch statistics stacked as ``t`` (``[K, *batch_stat]``)."""
+    return t.dim() >= 2 and not t.requires_grad and t.device.type != "mps"
+
+
+def _sequential_sum(terms: torch.Tensor) -> torch.Tensor:
+    """``terms[0] + terms[1] + ...`` added one by one in float64 on the CPU (cumsum adds in order), as a running
+    ``state += term`` would: bitwise the same on any device the terms came from."""
+    return torch.cumsum(terms.to("cpu", torch.float64), dim=0)[-1]
 
 
 def _snapshot(t: torch.Tensor) -> torch.Tensor:
@@ -100,29 +109,47 @@ class _Online:
             raise self._empty()
         return finalize(state)
 
+    def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
+        if isinstance(batch_stat, torch.Tensor) and batch_stat.dim() and _stackable(batch_stat[None]):
+            self.update_stacked(batch_stat[None])
+        else:
+            self._update_one(batch_stat)
+
+    def update_stacked(self, stacked: torch.Tensor) -> None:
+        """``K`` batches' statistics of one shape, stacked on a new first axis, in batch order."""
+        if not _stackable(stacked):
+            for t in stacked:
+                self._update_one(t)
+            return
+        self._update_block(stacked)
+
+    def _update_one(self, batch_stat) -> None:  # a statistic the block path cannot take (mps, 0-d, numpy)
+        self._update_block(_as_tensor(batch_stat)[None])
+
+    def _update_block(self, stacked: torch.Tensor) -> None:
+        raise NotImplementedError
+
 
 class _Mean(_Online):
     """POT: aggregation.py::mean, the unweighted mean of per-batch means."""
 
     name = "mean"
 
-    def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
+    def _update_block(self, stacked: torch.Tensor) -> None:
         # POT quirk kept on purpose: a short last batch weighs as much as a full one.
-        row = _one_row(batch_stat)
-        # one row: its float64 sum is its mean bit for bit (torch's mean is the sum divided by n), in one call
-        m = row.sum(dim=0, dtype=torch.float64) if row is not None else _as_tensor(batch_stat).mean(dim=0)
-        self._parts.append(m)  # each batch's term, for merges in order (distributed calibration)
-        if self._state is None:
-            self._state = m.clone()  # its own tensor: later batches add into it in place
-        else:
-            self._state += m
-        self._count += 1
+        if stacked.shape[1] == 1:  # batches of one: a float64 sum of one row is its mean bit for bit
+            terms = stacked.sum(dim=1, dtype=torch.float64)
+        else:  # each batch's float64 mean over its samples, computed as for one batch alone
+            terms = torch.stack([t.to(torch.float64).mean(dim=0) for t in stacked])
+        self._parts.append(terms)  # each batch's term, for merges in order (distributed calibration)
+        self._count += len(terms)
 
     def state(self) -> dict[str, Any] | None:
-        if self._state is None:
+        if not self._parts:
             return None
-        return {"aggregator": self.name, "sum": _snapshot(self._state), "batches": self._count,
-                "batch_values": torch.stack(self._parts).cpu()}
+        values = torch.cat(self._parts).cpu()
+        return {"aggregator": self.name, "sum": _sequential_sum(values), "batches": self._count,
+                "batch_values": values}
 
 
 class _Extreme(_Online):
@@ -133,20 +160,16 @@ class _Extreme(_Online):
         self._largest = largest
         self.name = "max" if largest else "min"
 
-    def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
-        row = _one_row(batch_stat)
-        if row is not None:  # one row: it is the extreme (compared in float64 below, exactly)
-            m = row[0]
-        else:
-            t = _as_tensor(batch_stat)
-            m = t.amax(dim=0) if self._largest else t.amin(dim=0)
+    def _update_block(self, stacked: torch.Tensor) -> None:
+        rows = stacked.flatten(0, 1)  # every sample of every batch
+        m = rows.amax(dim=0) if self._largest else rows.amin(dim=0)  # exact: the extreme is one of them
         if self._state is None:
-            self._state = m.to(torch.float64, copy=True)  # its own tensor: later batches update it in place
+            self._state = m.to(torch.float64, copy=True)  # its own tensor: later blocks update it in place
         elif self._largest:
             torch.maximum(self._state, m, out=self._state)
         else:
             torch.minimum(self._state, m, out=self._state)
-        self._count += 1
+        self._count += len(stacked)
 
     def state(self) -> dict[str, Any] | None:
         if self._state is None:
@@ -159,22 +182,22 @@ class _BatchMean(_Online):
 
     name = "batch_mean"
 
-    def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
-        t = _as_tensor(batch_stat)
-        if self._state is not None and self._state.shape != t.shape:
+    def _update_block(self, stacked: torch.Tensor) -> None:
+        terms = stacked.to(torch.float64)
+        if self._parts and self._parts[0].shape[1:] != terms.shape[1:]:
             raise ConfigError(
-                f"aggregator 'batch_mean' needs equal batch shapes, got {tuple(self._state.shape)} then "
-                f"{tuple(t.shape)}; make stat_subset_size a multiple of stat_batch_size"
+                f"aggregator 'batch_mean' needs equal batch shapes, got {tuple(self._parts[0].shape[1:])} then "
+                f"{tuple(terms.shape[1:])}; make stat_subset_size a multiple of stat_batch_size"
             )
-        self._state = t.clone() if self._state is None else self._state + t
-        self._parts.append(t)
-        self._count += 1
+        self._parts.append(terms)
+        self._count += len(terms)
 
     def state(self) -> dict[str, Any] | None:
-        if self._state is None:
+        if not self._parts:
             return None
-        return {"aggregator": self.name, "sum": self._state.cpu(), "batches": self._count,
-                "batch_values": torch.stack(self._parts).cpu()}
+        values = torch.cat(self._parts).cpu()
+        return {"aggregator": self.name, "sum": _sequential_sum(values), "batches": self._count,
+                "batch_values": values}
 
 
 class _Samples(_Online):
@@ -183,16 +206,16 @@ class _Samples(_Online):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
-        self._parts: list[torch.Tensor] = []
 
-    def update(self, batch_stat: torch.Tensor | np.ndarray) -> None:
-        self._parts.append(_as_tensor(batch_stat))
+    def _update_block(self, stacked: torch.Tensor) -> None:
+        self._parts.append(stacked.flatten(0, 1).to(torch.float64))  # the samples of every batch, in order
+        self._count += len(stacked)
 
     def state(self) -> dict[str, Any] | None:
         if not self._parts:
             return None
         samples = torch.cat([p.to(self._parts[0].device) for p in self._parts], dim=0).cpu()
-        return {"aggregator": self.name, "samples": samples, "batches": len(self._parts)}
+        return {"aggregator": self.name, "samples": samples, "batches": self._count}
 
 
 def _median(x: np.ndarray) -> np.ndarray:
@@ -278,10 +301,7 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             raise TorchPQTError(f"cannot merge {name!r} statistics of shapes {tuple(a['sum'].shape)} and "
                                 f"{tuple(b['sum'].shape)}")
         if "batch_values" in a and "batch_values" in b:
-            total = a["sum"]
-            for term in b["batch_values"]:
-                total = total + term
-            out["sum"] = total
+            out["sum"] = _sequential_sum(torch.cat([a["sum"][None], b["batch_values"]]))
             out["batch_values"] = torch.cat([a["batch_values"], b["batch_values"]])
         else:
             out["sum"] = a["sum"] + b["sum"]

@@ -1,7 +1,9 @@
 """Statistics of one watched tensor over the calibration subset: the calibration hot path.
 
-:class:`TensorStatistics` runs each distinct per-sample reducer once per batch and feeds every
-requested statistic's aggregator. Everything stays on the tensor's device until
+:class:`TensorStatistics` runs each distinct per-sample reducer once per batch and keeps the reduced values;
+every :data:`_BLOCK` batches (and when a result is read) it stacks them per reducer, checks them for NaN/Inf and
+feeds every requested statistic's aggregator the whole block at once. Per batch and observed tensor the hot path
+is therefore the reductions themselves and a list append. Everything stays on the tensor's device until
 :meth:`TensorStatistics.result`, so a forward hook never forces a device-to-host sync.
 """
 
@@ -21,8 +23,9 @@ from .reducers import minmax, reduce
 __all__ = ["TensorStatistics"]
 
 _MINMAX_TYPES = ("min", "max", "abs_max")
-# Batches whose finiteness checks are folded at once (one stack + a few ops instead of several per batch).
-_CHECK_BLOCK = 64
+# Batches whose reduced values are kept before they are checked and aggregated at once (one stack and a few
+# ops per reducer instead of several per batch); a bound on what is held besides the aggregators' state.
+_BLOCK = 64
 
 
 class TensorStatistics:
@@ -43,8 +46,7 @@ class TensorStatistics:
         self.inplace = inplace
         self.num_batches = 0
         self._first_nonfinite: torch.Tensor | None = None  # on the device: first batch with a NaN/Inf stat
-        self._checks: list[torch.Tensor] = []  # per batch not yet folded: the float64 sum of its statistics
-        self._checked = 0  # batches folded into _first_nonfinite
+        self._checked = 0  # batches folded into the aggregators and _first_nonfinite
         self._aggregators: dict[tuple, Aggregator] = {}
         self._by_reducer: dict[tuple, list[tuple]] = {}
         #: ``reducer key -> [per-batch reduced values]`` when recording (a statistics cache), else None;
@@ -60,13 +62,16 @@ class TensorStatistics:
             if agg_key not in self._aggregators:
                 self._aggregators[agg_key] = make_aggregator(spec.aggregator)
                 self._by_reducer.setdefault(spec.reducer_key, []).append(agg_key)
+        #: per reducer key, the reduced values of the batches not yet folded (see :meth:`_fold`)
+        self._pending: dict[tuple, list[torch.Tensor]] = {k: [] for k in self._by_reducer}
 
     def update(self, x: torch.Tensor) -> None:
-        """Reduce one inference batch ``[B, ...]`` and feed the aggregators."""
+        """Reduce one inference batch ``[B, ...]``; the aggregators get it with its block (see :meth:`feed`)."""
         if torch.is_grad_enabled():  # calibration runs under no_grad already: enter it only when needed
             with torch.no_grad():
                 return self.update(x)
-        x = x.detach()
+        if x.requires_grad:
+            x = x.detach()
         pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # one aminmax pass per granularity
         stats: dict[tuple, torch.Tensor] = {}
         for reducer_key in self._by_reducer:
@@ -93,43 +98,47 @@ class TensorStatistics:
         self.feed(stats)
 
     def feed(self, stats: dict[tuple, torch.Tensor]) -> None:
-        """Feed one batch's per-sample reduced values (``reducer key -> tensor``, as :meth:`update` computes
-        them) to the aggregators: what :meth:`update` does after reducing, and how a statistics cache
-        replays recorded reductions (the same tensors in the same order give the same states bit for bit)."""
-        check: torch.Tensor | None = None
-        for reducer_key, agg_keys in self._by_reducer.items():
-            stat = stats[reducer_key]
-            # one float64 sum per statistic: NaN or Inf anywhere in it makes the sum non-finite (float32
-            # statistics cannot overflow a float64 sum), and the sums of one batch add up the same way
-            total = stat.sum(dtype=torch.float64) if stat.device.type != "mps" else \
-                torch.where(torch.isfinite(stat).all(), 0.0, float("nan"))  # no float64 there
-            check = total if check is None else check + total
-            for agg_key in agg_keys:
-                self._aggregators[agg_key].update(stat)
-        if check is not None:
-            self._checks.append(check)
-            if len(self._checks) >= _CHECK_BLOCK:
-                self._fold_checks()
+        """Take one batch's per-sample reduced values (``reducer key -> tensor``, as :meth:`update` computes
+        them): what :meth:`update` does after reducing, and how a statistics cache replays recorded reductions
+        (the same tensors in the same order give the same states bit for bit). Extra keys are ignored."""
+        for reducer_key, pending in self._pending.items():
+            pending.append(stats[reducer_key])
         self.num_batches += 1
+        if self.num_batches - self._checked >= _BLOCK:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Check and aggregate the pending batches: per reducer, the runs of equal-shape batches (a short last
+        batch starts a run of its own) are stacked once; the first batch holding NaN or Inf in any statistic
+        is kept as a device tensor (no device-to-host sync on the hot path)."""
+        count = self.num_batches - self._checked
+        if count == 0:
+            return
+        bad: torch.Tensor | None = None
+        for reducer_key, agg_keys in self._by_reducer.items():
+            pending = self._pending[reducer_key]
+            flags = []
+            for stacked in _runs(pending):
+                flags.append(~torch.isfinite(stacked.reshape(len(stacked), -1)).all(dim=1) if stacked.numel()
+                             else torch.zeros(len(stacked), dtype=torch.bool, device=stacked.device))
+                for agg_key in agg_keys:
+                    self._aggregators[agg_key].update_stacked(stacked)
+            flag = flags[0] if len(flags) == 1 else torch.cat(flags)
+            bad = flag if bad is None else bad | flag
+            pending.clear()
+        if bad is not None:
+            here = torch.where(bad.any(), bad.to(torch.uint8).argmax() + self._checked, -1)  # argmax: the first
+            prev = self._first_nonfinite
+            self._first_nonfinite = here if prev is None else torch.where(prev >= 0, prev, here)
+        self._checked += count
 
     def reducer_keys(self) -> tuple[tuple, ...]:
         """The per-sample reductions this tensor's statistics need."""
         return tuple(self._by_reducer)
 
-    def _fold_checks(self) -> None:
-        # no device-to-host sync on the hot path: the per-batch sums are folded, a block at a time, into the
-        # index of the first batch whose statistics held NaN or Inf (-1: none), kept on the device
-        bad = ~torch.isfinite(torch.stack(self._checks))
-        here = torch.where(bad.any(), bad.to(torch.uint8).argmax() + self._checked, -1)  # argmax: the first
-        prev = self._first_nonfinite
-        self._first_nonfinite = here if prev is None else torch.where(prev >= 0, prev, here)
-        self._checked += len(self._checks)
-        self._checks = []
-
     def first_nonfinite_batch(self) -> int | None:
         """Index of the first batch whose statistics held NaN or Inf, or None."""
-        if self._checks:
-            self._fold_checks()
+        self._fold()
         if self._first_nonfinite is None:
             return None
         value = int(self._first_nonfinite)
@@ -138,6 +147,7 @@ class TensorStatistics:
     def result(self, spec: StatSpec) -> np.ndarray:
         """The aggregated statistic (float64; scalar or ``[C]``, POT's shapes)."""
         agg = self._aggregators.get((spec.reducer_key, spec.aggregator))
+        self._fold()
         if agg is None:
             raise TorchPQTError(
                 f"statistic {spec.key!r} ({spec.aggregator}) was not registered on this tensor"
@@ -147,6 +157,7 @@ class TensorStatistics:
     def states(self) -> dict[str, dict[str, Any]]:
         """Every statistic collected so far: ``statistic key -> aggregator state`` (CPU tensors and ints, see
         :func:`~torchpqt.statistics.aggregators.merge`), with ``per_batch`` (inplace statistics) recorded."""
+        self._fold()
         out = {}
         for (reducer_key, aggregator), agg in self._aggregators.items():
             state = agg.state()
@@ -157,3 +168,14 @@ class TensorStatistics:
     def __repr__(self) -> str:
         keys = ", ".join(f"{t}/{g}{'' if q is None else f'@{q}'}->{a}" for (t, q, g), a in self._aggregators)
         return f"TensorStatistics([{keys}], batches={self.num_batches}, inplace={self.inplace})"
+
+
+def _runs(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``values`` (one tensor per batch) stacked into runs of consecutive equal shapes, in order."""
+    runs, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i].shape != values[start].shape:
+            chunk = values[start:i]
+            runs.append(chunk[0][None] if len(chunk) == 1 else torch.stack(chunk))
+            start = i
+    return runs

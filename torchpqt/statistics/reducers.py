@@ -25,8 +25,8 @@ _TOPK_MAX = 1024
 # 69 vs 11 us for 62.7k elements, 88 vs 67 us for 49k); beyond it the single pass wins. Either gives the same
 # min and max (only which zero of a -0.0 / 0.0 tie is returned may differ, which compares equal).
 _SMALL = 1 << 19
-# Elements summed in float32 before the float64 accumulation of a mean.
-_MEAN_BLOCK = 64
+# Up to this many elements a mean is accumulated in float64 (see _mean).
+_MEAN_FLOAT64_MAX = 1 << 16
 
 
 def _check(stat_type: str, granularity: str, q: float | None) -> None:
@@ -133,17 +133,19 @@ def _quantile_last(rows: torch.Tensor, q: float) -> torch.Tensor:
     return _lerp(a64, b64, gamma)
 
 
-def _mean_last(rows: torch.Tensor) -> torch.Tensor:
-    """Mean over the last axis, accumulated in float64 (float32 sums lose ~1e-7 absolute, which
-    is a large relative error for a near-zero channel mean); blocks of _MEAN_BLOCK elements are
-    summed in float32 first, because a float64 pass over the whole tensor is many times slower."""
-    n = rows.shape[-1]
-    full = n // _MEAN_BLOCK * _MEAN_BLOCK if rows.dtype != torch.float64 else 0
-    acc = rows[..., full:].to(torch.float64).sum(dim=-1)
-    if full:
-        blocks = rows[..., :full].reshape(*rows.shape[:-1], -1, _MEAN_BLOCK)
-        acc = acc + blocks.sum(dim=-1, dtype=torch.float32).to(torch.float64).sum(dim=-1)
-    return acc / n
+def _mean(x: torch.Tensor, dims: tuple[int, ...], keep_one: bool) -> torch.Tensor:
+    """Mean over ``dims`` in one reduction, divided in float64, without a copy of ``x`` (a channel-last tensor is
+    reduced along its strided axes directly). Up to :data:`_MEAN_FLOAT64_MAX` elements the sum is accumulated
+    in float64 (a near-zero channel mean keeps POT's golden digits); beyond, in float32 with torch's cascade
+    summation (measured error <= 1e-7 of the values' magnitude on 50k-20M element activations, where a float64
+    reduction of contiguous float32 data costs 9-28x more)."""
+    exact = x.dtype == torch.float64 or x.numel() <= _MEAN_FLOAT64_MAX
+    total = x.sum(dim=dims, dtype=torch.float64 if exact else torch.float32)
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    out = total.to(torch.float64) / n
+    return out.reshape(1) if keep_one else out
 
 
 @torch.no_grad()
@@ -186,9 +188,9 @@ def reduce(
     if dims is None:
         v = x.abs() if is_abs else x
         return v.to(torch.float64)
-    rows = _rows(x, granularity, channel_axis, per_batch)
     if stat_type == "mean":
-        return _mean_last(rows)
+        return _mean(x, dims, keep_one=len(dims) == x.ndim)
+    rows = _rows(x, granularity, channel_axis, per_batch)
     return _quantile_last(rows.abs() if is_abs else rows, q)
 
 
