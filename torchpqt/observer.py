@@ -29,17 +29,20 @@ class Observer(torch.nn.Module):
     statistic of the float model (spec §2, pass #2).
     """
 
-    def __init__(self, name: str, stats: TensorStatistics, record_shapes: bool = False):
+    def __init__(self, name: str, stats: TensorStatistics, record_shapes: bool = False, computes: bool = True):
         super().__init__()
         self.point_name = name
         self.stats = stats
+        #: False: another observer of the same tensor updates the shared ``stats`` (see :func:`instrument`)
+        self.computes = computes
         self.ndim: int | None = None
         self.channels: int | None = None
         self.shapes: list[tuple[int, ...]] | None = [] if record_shapes else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and not torch.compiler.is_compiling():
-            self.stats.update(x)
+            if self.computes:
+                self.stats.update(x)
             if self.shapes is not None:
                 self.shapes.append(tuple(x.shape))
             if self.ndim is None:  # nn.Module attribute writes are slow: once is enough
@@ -115,12 +118,27 @@ def instrument(gm: fx.GraphModule, requests: Sequence[StatisticRequest], *, pass
     """
     nodes = _nodes(gm)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    # Requests on one tensor with the same channel axis and inplace mode share one TensorStatistics: each
+    # reduction runs once per batch (FastBiasCorrection's input mean of Q, K and V; a FakeQuantize's range and a
+    # bias correction mean), computed by the group's first observer; each point reads its own statistics.
+    shared: dict[tuple, TensorStatistics] = {}
+    groups: dict[tuple, list[StatisticRequest]] = {}
+    for r in requests:
+        if r.point not in passive:
+            groups.setdefault((r.tensor, r.channel_axis, r.inplace), []).append(r)
+    for key, group in groups.items():
+        stats = TensorStatistics(tuple(spec for g in group for spec in g.specs), channel_axis=key[1],
+                                 inplace=key[2])
+        if record:
+            stats.records = {}
+        shared[key] = stats
     for r in requests:
         quiet = r.point in passive
-        stats = TensorStatistics(() if quiet else r.specs, channel_axis=r.channel_axis, inplace=r.inplace)
-        if record and not quiet:
-            stats.records = {}
-        gm.add_submodule(r.module_name, Observer(r.point, stats, record_shapes=r.shapes and not quiet))
+        key = (r.tensor, r.channel_axis, r.inplace)
+        stats = TensorStatistics((), channel_axis=r.channel_axis, inplace=r.inplace) if quiet else shared[key]
+        computes = quiet or groups[key][0] is r
+        gm.add_submodule(r.module_name, Observer(r.point, stats, record_shapes=r.shapes and not quiet,
+                                                 computes=computes))
         tensor = nodes[r.tensor]
         if r.consumers:
             insert_inline(gm, r.module_name, tensor, edges_of(nodes, r.tensor, r.consumers), order)
@@ -153,13 +171,17 @@ def collect(gm: fx.GraphModule, requests: Sequence[StatisticRequest]) -> Statist
         obs = gm.get_submodule(r.module_name)
         if obs.stats.num_batches == 0:
             continue
-        entries.update(store_entries(r.point, obs.stats, obs.ndim, obs.shapes))
+        entries.update(store_entries(r.point, obs.stats, obs.ndim, obs.shapes, specs=r.specs))
     return StatisticsStore(entries)
 
 
-def store_entries(point: str, stats: TensorStatistics, rank: int | None, shapes: list | None) -> dict:
-    """The store entries of one observed tensor: every statistic's state, and the batch shapes if recorded."""
-    entries = {(point, key): {**state, "rank": rank} for key, state in stats.states().items()}
+def store_entries(point: str, stats: TensorStatistics, rank: int | None, shapes: list | None,
+                  specs: Sequence[StatSpec] | None = None) -> dict:
+    """The store entries of one observed tensor: every statistic's state (only those of ``specs`` when given:
+    ``stats`` may be shared with other points on the tensor), and the batch shapes if recorded."""
+    wanted = None if specs is None else {spec.statistic_key for spec in specs}
+    entries = {(point, key): {**state, "rank": rank} for key, state in stats.states().items()
+               if wanted is None or key in wanted}
     if shapes:
         # kept like a per-sample aggregator's values, so stores merge by concatenation
         entries[(point, SHAPES)] = {"aggregator": "shapes", "samples": torch.tensor(shapes),

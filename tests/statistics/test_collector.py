@@ -116,3 +116,59 @@ def test_aggregator_states_are_snapshots() -> None:
         for field, value in state.items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(value, before[key][field]), (key, field)
+
+
+def _reference(specs, batches, inplace=False):
+    """Each statistic computed the plain way, batch by batch: NumPy float64, the mean aggregator's sum added in
+    batch order (what POT's per-batch accumulation does), extremes over all values."""
+    out = {}
+    for spec in specs:
+        per_batch = [reduce(b, spec.type, spec.granularity, q=spec.q, per_batch=inplace).double().numpy()
+                     for b in batches]
+        if spec.aggregator == "mean":
+            total = None
+            for v in per_batch:
+                term = v.mean(axis=0) if v.shape[0] > 1 else v[0]
+                total = term.copy() if total is None else total + term
+            out[spec.statistic_key] = total / len(per_batch)
+        elif spec.aggregator in ("min", "max"):
+            stacked = np.concatenate(per_batch)
+            out[spec.statistic_key] = stacked.min(axis=0) if spec.aggregator == "min" else stacked.max(axis=0)
+        else:
+            out[spec.statistic_key] = np.median(np.concatenate(per_batch), axis=0)
+    return out
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_block_folding_is_bitwise_the_batch_by_batch_result(inplace, batch) -> None:
+    """150 batches (more than two folding blocks), a short last batch, abs_max kept as its min/max pair until
+    the block is folded: every statistic equals the batch-by-batch computation exactly."""
+    specs = [StatSpec("min", "min", "mean", "pertensor"), StatSpec("max", "abs_max", "mean", "pertensor"),
+             StatSpec("max", "abs_max", "max", "perchannel"), StatSpec("min", "min", "min", "perchannel"),
+             StatSpec("max", "mean", "mean", "perchannel"), StatSpec("max", "max", "median", "pertensor")]
+    g = torch.Generator().manual_seed(3)
+    sizes = [batch] * 149 + [1]
+    batches = [torch.randn(b, 3, 5, 4, generator=g) * (1 + i % 7) for i, b in enumerate(sizes)]
+    stats = TensorStatistics(specs, inplace=inplace)
+    for b in batches:
+        stats.update(b)
+    want = _reference(specs, batches, inplace)
+    for spec in specs:
+        np.testing.assert_array_equal(stats.result(spec), want[spec.statistic_key], err_msg=spec.statistic_key)
+    assert stats.first_nonfinite_batch() is None
+
+
+def test_a_mean_of_a_large_activation_is_accurate() -> None:
+    """Beyond 65k elements the mean is summed in float32 (torch's cascade summation): within 1e-7 of the values'
+    magnitude, channel-first and channel-last, where a sequential float32 sum is off by ~1e-5."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 160, 160, generator=g) * 3 + 0.25
+    ref = x.double().mean(dim=(2, 3)).numpy()
+    np.testing.assert_allclose(reduce(x, "mean", "perchannel").numpy(), ref, rtol=0, atol=1e-7 * 3)
+    y = x.reshape(2, 8, -1).transpose(1, 2)  # [B, T, C] channel-last, strided
+    np.testing.assert_allclose(reduce(y, "mean", "perchannel", channel_axis=-1).numpy(), ref, rtol=0, atol=1e-7 * 3)
+    naive = torch.zeros(2, 8)
+    for row in x.reshape(2, 8, -1).unbind(-1)[:4096]:  # a sequential float32 sum drifts
+        naive += row
+    assert (naive.double().numpy() / 4096 - x.reshape(2, 8, -1)[..., :4096].double().mean(-1).numpy()).__abs__().max() > 1e-7

@@ -18,7 +18,7 @@ import torch
 from ..errors import ConfigError, TorchPQTError
 from .aggregators import Aggregator, make_aggregator
 from .estimators import StatSpec, statistic_key
-from .reducers import minmax, reduce
+from .reducers import check_statistic, minmax, reduce
 
 __all__ = ["TensorStatistics"]
 
@@ -62,39 +62,61 @@ class TensorStatistics:
             if agg_key not in self._aggregators:
                 self._aggregators[agg_key] = make_aggregator(spec.aggregator)
                 self._by_reducer.setdefault(spec.reducer_key, []).append(agg_key)
-        #: per reducer key, the reduced values of the batches not yet folded (see :meth:`_fold`)
-        self._pending: dict[tuple, list[torch.Tensor]] = {k: [] for k in self._by_reducer}
+        #: per reducer key, the reduced values of the batches not yet folded (see :meth:`_fold`); an ``abs_max``
+        #: entry may be its ``(min, max)`` pair
+        self._pending: dict[tuple, list] = {k: [] for k in self._by_reducer}
+        self._minmax_keys: dict[str, list[tuple]] = {}  # granularity -> its min/max/abs_max reducer keys
+        self._other_keys: list[tuple] = []
+        for key in self._by_reducer:
+            stat_type, q, granularity = key
+            check_statistic(stat_type, granularity, q)  # once here: the hot path skips the checks
+            if stat_type in _MINMAX_TYPES:
+                self._minmax_keys.setdefault(granularity, []).append(key)
+            else:
+                self._other_keys.append(key)
 
     def update(self, x: torch.Tensor) -> None:
-        """Reduce one inference batch ``[B, ...]``; the aggregators get it with its block (see :meth:`feed`)."""
+        """Reduce one inference batch ``[B, ...]``; the aggregators get it with its block (see :meth:`_fold`).
+
+        The hot path: one min/max pair per granularity, one call per other reducer, list appends. ``abs_max`` is
+        kept as its ``(min, max)`` pair and made ``max(-min, max)`` for the whole block at once (elementwise, so
+        the same values)."""
         if torch.is_grad_enabled():  # calibration runs under no_grad already: enter it only when needed
             with torch.no_grad():
                 return self.update(x)
         if x.requires_grad:
             x = x.detach()
-        pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # one aminmax pass per granularity
-        stats: dict[tuple, torch.Tensor] = {}
-        for reducer_key in self._by_reducer:
-            stat_type, q, granularity = reducer_key
-            if stat_type in _MINMAX_TYPES:
-                if granularity not in pairs:
-                    pairs[granularity] = minmax(
-                        x, granularity, channel_axis=self.channel_axis, per_batch=self.inplace
-                    )
-                mn, mx = pairs[granularity]
-                stats[reducer_key] = mn if stat_type == "min" else mx if stat_type == "max" else torch.maximum(-mn, mx)
-            else:
-                stats[reducer_key] = reduce(
-                    x, stat_type, granularity, q=q, channel_axis=self.channel_axis, per_batch=self.inplace
-                )
         if self.records is not None:
-            for granularity, (mn, mx) in pairs.items():  # the free siblings: a mode change needs no new pass
-                stats.setdefault(("min", None, granularity), mn)
-                stats.setdefault(("max", None, granularity), mx)
-                if ("abs_max", None, granularity) not in stats:  # not computed twice
-                    stats["abs_max", None, granularity] = torch.maximum(-mn, mx)
-            for reducer_key, stat in stats.items():
-                self.records.setdefault(reducer_key, []).append(stat)
+            return self._update_recording(x)
+        pending, axis, inplace = self._pending, self.channel_axis, self.inplace
+        for granularity, keys in self._minmax_keys.items():
+            mn, mx = minmax(x, granularity, channel_axis=axis, per_batch=inplace)
+            for key in keys:
+                stat_type = key[0]
+                pending[key].append(mn if stat_type == "min" else mx if stat_type == "max" else (mn, mx))
+        for key in self._other_keys:
+            stat_type, q, granularity = key
+            pending[key].append(reduce(x, stat_type, granularity, q=q, channel_axis=axis, per_batch=inplace,
+                                       checked=True))
+        self.num_batches += 1
+        if self.num_batches - self._checked >= _BLOCK:
+            self._fold()
+
+    def _update_recording(self, x: torch.Tensor) -> None:
+        """:meth:`update` for a statistics cache: every batch's reduced values are also kept (``records``), with
+        the free siblings of each min/max pair (a mode change then needs no new pass)."""
+        stats: dict[tuple, torch.Tensor] = {}
+        for granularity in {k[2] for keys in self._minmax_keys.values() for k in keys}:
+            mn, mx = minmax(x, granularity, channel_axis=self.channel_axis, per_batch=self.inplace)
+            stats["min", None, granularity] = mn
+            stats["max", None, granularity] = mx
+            stats["abs_max", None, granularity] = torch.maximum(-mn, mx)
+        for key in self._other_keys:
+            stat_type, q, granularity = key
+            stats[key] = reduce(x, stat_type, granularity, q=q, channel_axis=self.channel_axis,
+                                per_batch=self.inplace)
+        for reducer_key, stat in stats.items():
+            self.records.setdefault(reducer_key, []).append(stat)
         self.feed(stats)
 
     def feed(self, stats: dict[tuple, torch.Tensor]) -> None:
@@ -170,12 +192,22 @@ class TensorStatistics:
         return f"TensorStatistics([{keys}], batches={self.num_batches}, inplace={self.inplace})"
 
 
-def _runs(values: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``values`` (one tensor per batch) stacked into runs of consecutive equal shapes, in order."""
+def _stack(chunk: list[torch.Tensor]) -> torch.Tensor:
+    return chunk[0][None] if len(chunk) == 1 else torch.stack(chunk)
+
+
+def _runs(values: list) -> list[torch.Tensor]:
+    """``values`` (one tensor per batch, or an abs_max's ``(min, max)`` pair) stacked into runs of consecutive
+    equal shapes, in order."""
     runs, start = [], 0
+    shape = [v[0].shape if isinstance(v, tuple) else v.shape for v in values]
     for i in range(1, len(values) + 1):
-        if i == len(values) or values[i].shape != values[start].shape:
+        if i == len(values) or shape[i] != shape[start] or \
+                isinstance(values[i], tuple) != isinstance(values[start], tuple):
             chunk = values[start:i]
-            runs.append(chunk[0][None] if len(chunk) == 1 else torch.stack(chunk))
+            if isinstance(chunk[0], tuple):
+                runs.append(torch.maximum(-_stack([v[0] for v in chunk]), _stack([v[1] for v in chunk])))
+            else:
+                runs.append(_stack(chunk))
             start = i
     return runs

@@ -17,7 +17,7 @@ import torch
 from ..constants import GRANULARITIES, QUANTILE_TYPES, STAT_TYPES
 from ..errors import ConfigError
 
-__all__ = ["minmax", "reduce", "weight_stat"]
+__all__ = ["check_statistic", "minmax", "reduce", "weight_stat"]
 
 # Above this many order statistics a partial sort (topk) loses to two selections (kthvalue).
 _TOPK_MAX = 1024
@@ -29,7 +29,8 @@ _SMALL = 1 << 19
 _MEAN_FLOAT64_MAX = 1 << 16
 
 
-def _check(stat_type: str, granularity: str, q: float | None) -> None:
+def check_statistic(stat_type: str, granularity: str, q: float | None) -> None:
+    """Raise :class:`ConfigError` for an unknown statistic type or granularity, or a quantile without a valid q."""
     if stat_type not in STAT_TYPES:
         raise ConfigError(f"statistic type {stat_type!r} is not supported; allowed: {', '.join(STAT_TYPES)}")
     if granularity not in GRANULARITIES:
@@ -148,7 +149,6 @@ def _mean(x: torch.Tensor, dims: tuple[int, ...], keep_one: bool) -> torch.Tenso
     return out.reshape(1) if keep_one else out
 
 
-@torch.no_grad()
 def reduce(
     x: torch.Tensor,
     stat_type: str,
@@ -157,6 +157,7 @@ def reduce(
     q: float | None = None,
     channel_axis: int = 1,
     per_batch: bool = False,
+    checked: bool = False,
 ) -> torch.Tensor:
     """Per-sample statistic of one inference batch (spec §5.2).
 
@@ -169,13 +170,20 @@ def reduce(
         channel_axis: the channel axis of a per-channel statistic.
         per_batch: in-graph (``inplace_statistics``) per-tensor statistics: one value per batch,
             shape ``[1]``. Ignored by the quantile types and by per-channel statistics, as in POT.
+        checked: the arguments were checked with :func:`check_statistic` already (the calibration hot path).
 
     Returns:
         A tensor on ``x``'s device: float64 for quantiles and means, otherwise ``x``'s float
         dtype (at least float32).
     """
-    _check(stat_type, granularity, q)
-    x = x.detach()
+    if not checked:
+        check_statistic(stat_type, granularity, q)
+    if torch.is_grad_enabled():  # the calibration loop runs under no_grad already: enter it only when needed
+        with torch.no_grad():
+            return reduce(x, stat_type, granularity, q=q, channel_axis=channel_axis, per_batch=per_batch,
+                          checked=True)
+    if x.requires_grad:
+        x = x.detach()
     if stat_type in QUANTILE_TYPES:
         per_batch = False  # POT: get_tensor_statistics forces inplace off for quantiles
     if stat_type in ("min", "max", "abs_max"):
@@ -209,7 +217,7 @@ def weight_stat(
     Returns:
         float64 array: shape ``()`` per tensor, ``[C]`` per channel.
     """
-    _check(stat_type, granularity, q)
+    check_statistic(stat_type, granularity, q)
     if isinstance(w, torch.Tensor) and stat_type in ("min", "max", "abs_max") and w.numel():
         return _weight_extreme(w, stat_type, granularity, axis)
     if isinstance(w, torch.Tensor):
