@@ -198,3 +198,48 @@ def test_folded_fake_quantize_rounds_the_reference_formula_half_to_even():
     levels = torch.round((y + 2) / 4 * 254)
     assert levels.tolist() == [190.0, 64.0, 254.0, 0.0]
     assert F.mse_loss(y[:2], 2 * x[:2]) < 1e-3
+
+
+class _LinearHead(nn.Module):
+    """A padded 3x3 conv (its output mean is observed), a 1x1 conv and a Linear (theirs follow from the input's)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv3 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        h = self.conv1(F.relu(self.conv3(x)))
+        return self.fc(F.relu(h).permute(0, 2, 3, 1))
+
+
+def test_output_mean_of_a_pointwise_layer_is_not_observed_and_the_bias_is_pots():
+    """A 1x1 conv and a Linear get no output-mean observer: their corrected bias is POT's m_out - q with m_out
+    measured here on the FP32 model in float64 (the layer's real outputs), within float32 rounding."""
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randn(1, 3, 6, 6, generator=g) + 0.5 for _ in range(12)]
+    model = _LinearHead().eval()
+    prepared = torchpqt.prepare(model, data[0])
+    points = [r.point for r in prepared.torchpqt_schedule.stages[-1].requests]
+    outputs = [p for p in points if p.endswith("(fast bias output)")]
+    assert len(outputs) == 1 and outputs[0].startswith("conv2d ")  # the padded 3x3 conv only
+    qm = torchpqt.quantize(model, data)
+    with torch.no_grad():
+        h_in = [F.relu(model.conv3(x)) for x in data]
+        f_in = [F.relu(model.conv1(h)).permute(0, 2, 3, 1) for h in h_in]
+        cases = [("conv1", model.conv1, h_in, 1), ("fc", model.fc, f_in, -1)]
+        for name, module, inputs, axis in cases:
+            outs = [module(x).double() for x in inputs]
+            dims = [d for d in range(outs[0].dim()) if d != axis % outs[0].dim()]
+            m_out = torch.stack([o.mean(dim=dims) for o in outs]).mean(0)
+            m_in = torch.stack([x.double().mean(dim=[d for d in range(x.dim()) if d != axis % x.dim()])
+                                for x in inputs]).mean(0)
+            layer = next(lay for lay in layers(qm) if lay.weight.shape[0] == module.weight.shape[0]
+                         and lay.weight.dim() == module.weight.dim())
+            qw = quantized_weight(qm, layer).double()
+            q = qw.reshape(qw.shape[0], -1) @ m_in if name == "conv1" else qw @ m_in
+            np.testing.assert_allclose(layer.bias.double().numpy(), (m_out - q).numpy(), rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
+            assert not torch.equal(layer.bias, module.bias)  # it was corrected
