@@ -5,8 +5,9 @@ For each model, over the same calibration samples and batch size:
   * ``calibrate``: the prepared model's forward passes (the user's calibration loop: the observers of the
     config's first pass collecting statistics),
   * ``observe_all``: one forward pass per batch with the observers of *every* pass of the config inserted
-    at once (what a one-pass config costs; for EfficientNet-Lite0 the first pass only watches the two
-    conv→conv pairs channel alignment treats, the second pass the 160 MinMax and bias-correction points),
+    at once (what a one-pass config costs; with ``--alignment-pass separate`` EfficientNet-Lite0's first pass only
+    watches the two conv→conv pairs channel alignment treats, the second pass the 160 MinMax and bias-correction
+    points; by default there is one pass, so this equals ``calibrate``),
   * ``capture``: ``torchpqt.prepare()`` alone (torch.export and the graph passes),
   * ``quantize``: the whole ``torchpqt.quantize()`` call (capture + every calibration pass + convert).
 Times are medians of ``--repeat`` interleaved runs in one process, in this process's CPU time by default (one

@@ -29,7 +29,8 @@ are kept by default and can be switched off (config extension keys, added when t
   ``b_new = b + mean(conv(W, c)) - mean(conv(Q(W), c))`` on the same constant input ``c``, in which the
   border effect cancels; unpadded layers keep POT's formula.
 
-Driver interface (pass 2, on the aligned FP32 model, with the min-max statistics)::
+Driver interface (the min-max statistics' pass, on the FP32 model; where channel alignment changed a tensor, its
+statistics are the aligned model's: POT's second pass, or derived from the first)::
 
     for layer in candidates(qm, cfg.apply_for_all_nodes):          # qm: the converted model
         # collected at Topology(qm).input0(layer.node) (the tensor before its activation FakeQuantize)
