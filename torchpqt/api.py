@@ -68,7 +68,7 @@ def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: 
     """
     with call_scope():
         gm, _, schedule, _ = _planned(model, example_inputs, _config(config, target_device))
-        instrument(gm, schedule.stages[0].requests)
+        instrument(gm, schedule.stages[0].requests, passive=schedule.stages[0].passive)
         gm.graph.lint()
         gm.recompile()
         return gm
@@ -102,7 +102,7 @@ def collect_statistics(prepared: fx.GraphModule) -> StatisticsStore:
     :class:`~torchpqt.statistics.StatisticsStore` to save (``store.save(path)``), merge with other
     processes' (``store.merge(other)``) or pass to ``convert(prepared, statistics=store)``."""
     _, schedule = _prepared_parts(prepared)
-    return collect(prepared, schedule.stages[0].requests)
+    return collect(prepared, schedule.stages[0].observed)
 
 
 def convert(prepared: fx.GraphModule, calibration_data: Iterable | None = None, *,
@@ -166,7 +166,7 @@ def _convert(prepared: fx.GraphModule, calibration_data, *, statistics: Statisti
     if data is not None and not isinstance(data, CalibrationData):
         data = (_dist.DistributedCalibrationData(data, cfg, transform_fn) if sharded
                 else CalibrationData(data, cfg, transform_fn))
-    pipeline.check_covered(store, schedule.stages[0].requests)
+    pipeline.check_covered(store, schedule.stages[0].observed)
     needs = schedule.data_needs()
 
     def check_data() -> None:
@@ -277,7 +277,7 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
         prepared, qplan, schedule, cfg = _planned(model, example_inputs, cfg)
         cache = StatisticsCache.open(statistics_cache, prepared.torchpqt_model_hash, fingerprint.digest)
         store = pipeline.observe(prepared, schedule.stages[0].requests, data, cache=cache, progress=progress,
-                                 desc=schedule.label(0))
+                                 desc=schedule.label(0), passive=schedule.stages[0].passive)
         check_statistics_finite(prepared, qplan.points)  # the tensors this pass observed
         return _convert(prepared, data, statistics=store, progress=progress, cache=cache, fingerprint=fingerprint)
 

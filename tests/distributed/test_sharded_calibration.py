@@ -1,8 +1,8 @@
 """Sharded calibration on 2 CPU ranks (gloo, torch.multiprocessing spawn): every rank's FakeQuantize
 parameters (and weights, biases) equal, bitwise, one process's run on the shards' concatenation in rank order
 (tests/dist_cases.py has the cases: a CNN and a BERT, median / hl_estimator / mean aggregators,
-stat_subset_size smaller than the total, prepare + own loop + convert, channel alignment's second pass and
-BiasCorrection's gathered data reads; slow: shuffle_data, stat_batch_size 2, LayerwiseTuning); a rank without data makes every rank raise."""
+stat_subset_size smaller than the total, prepare + own loop + convert, channel alignment in one pass (derived
+statistics) and with its second pass and BiasCorrection's gathered data reads; slow: shuffle_data, stat_batch_size 2, LayerwiseTuning); a rank without data makes every rank raise."""
 
 from __future__ import annotations
 

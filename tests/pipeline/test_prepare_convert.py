@@ -1,6 +1,6 @@
 """prepare() + the user's loop + convert(prepared, data) against quantize(), on a model where channel alignment
-fires (align_chain: two passes) and with BiasCorrection (convert reads the data again), and the errors when a
-needed pass is skipped."""
+fires (align_chain: one pass by default, POT's two with ``alignment_pass: separate``) and with BiasCorrection
+(convert reads the data again), and the errors when a needed pass is skipped."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 import torchpqt
 from torchpqt.errors import TorchPQTError
 
-CONFIGS = [{"stat_subset_size": 10}, {"stat_subset_size": 10, "use_fast_bias": False}]
+SEPARATE = {"stat_subset_size": 10, "alignment_pass": "separate"}
+CONFIGS = [SEPARATE, {**SEPARATE, "use_fast_bias": False}]
+SHARED = [{"stat_subset_size": 10}, {"stat_subset_size": 10, "use_fast_bias": False}]
 
 
 def _data():
@@ -33,13 +35,20 @@ def _state(q) -> dict:
     return out
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["fast_bias", "bias_correction"])
+@pytest.mark.parametrize("config", CONFIGS + SHARED,
+                         ids=["separate-fast_bias", "separate-bias_correction", "fast_bias", "bias_correction"])
 def test_prepare_loop_convert_is_bitwise_quantize(config):
     model, data = _data()
     prepared = torchpqt.prepare(model, data[0], config)
     schedule = prepared.torchpqt_schedule
-    assert schedule.passes == 2  # POT: alignment quantiles on the FP32 model, then everything else
-    assert [s.algorithms[0] for s in schedule.stages] == ["ActivationChannelAlignment", "MinMaxQuantization"]
+    if config.get("alignment_pass") == "separate":
+        assert schedule.passes == 2  # POT: alignment quantiles on the FP32 model, then everything else
+        assert [s.algorithms[0] for s in schedule.stages] == ["ActivationChannelAlignment", "MinMaxQuantization"]
+        assert schedule.derived_points() == []
+    else:  # everything in the loop; the aligned tensors' statistics derived in convert()
+        assert schedule.passes == 1 and len(schedule.stages) == 1
+        assert schedule.stages[0].algorithms[:2] == ("ActivationChannelAlignment", "MinMaxQuantization")
+        assert {"expand.0/fq_input_0", "tail/fq_input_0"} <= set(schedule.derived_points())
     with torch.no_grad():
         for x in data[:10]:  # the loop sees stat_subset_size samples, as quantize() does
             prepared(x)
@@ -72,6 +81,22 @@ def test_convert_without_the_data_names_the_pass_to_run(config):
     if not config.get("use_fast_bias", True):
         with pytest.raises(TorchPQTError, match="BiasCorrection"):
             torchpqt.convert(prepared)
+
+
+def test_one_pass_alignment_converts_without_the_data():
+    model, data = _data()
+    prepared = torchpqt.prepare(model, data[0], SHARED[0])
+    schedule = prepared.torchpqt_schedule
+    assert schedule.passes == 1 and schedule.data_needs() == [] and schedule.label(0) == "calibration"
+    assert "derived in convert() from pass 1" in str(schedule) and "tail/fq_input_0" in str(schedule)
+    with torch.no_grad():
+        for x in data[:10]:
+            prepared(x)
+    a, b = _state(torchpqt.convert(prepared)), _state(torchpqt.quantize(model, data, SHARED[0], progress=False))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # BiasCorrection still reads the data, and says so
+    prepared = torchpqt.prepare(model, data[0], SHARED[1])
+    assert prepared.torchpqt_schedule.data_needs() == ["BiasCorrection (runs the calibration data again)"]
 
 
 def test_convert_before_the_loop_is_an_error():
@@ -128,7 +153,7 @@ def test_one_labelled_bar_per_pass_hidden_off_a_terminal(monkeypatch):
     from torchpqt.algorithms import bias_correction
 
     model, data = _data()
-    config = {"stat_subset_size": 10, "use_fast_bias": False}
+    config = CONFIGS[1]
     assert [torchpqt.prepare(model, data[0], config).torchpqt_schedule.label(i) for i in (0, 1)] == [
         "channel alignment 1/2", "statistics 2/2"]
     for progress, hidden in ((True, False), (None, True)):  # None: stderr is not a terminal under pytest
@@ -138,3 +163,8 @@ def test_one_labelled_bar_per_pass_hidden_off_a_terminal(monkeypatch):
         torchpqt.quantize(model, data, config, progress=progress)
         assert bars.opened == [("channel alignment 1/2", hidden), ("statistics 2/2", hidden),
                                ("bias correction", hidden)]
+    bars = _Bars()  # one pass by default
+    monkeypatch.setattr(calibration, "tqdm", bars.Bar)
+    monkeypatch.setattr(bias_correction, "tqdm", bars.Bar)
+    torchpqt.quantize(model, data, SHARED[1], progress=True)
+    assert bars.opened == [("calibration", False), ("bias correction", False)]

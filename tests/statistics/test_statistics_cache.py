@@ -25,7 +25,7 @@ def _(x):
 
 
 class Counted(nn.Module):
-    """conv 3x3 -> pointwise conv (a channel alignment pair: the default config makes two passes) -> relu ->
+    """conv 3x3 -> pointwise conv (a channel alignment pair: two passes with alignment_pass separate) -> relu ->
     conv -> relu -> pool -> linear; its first op counts forwards."""
 
     def __init__(self):
@@ -78,15 +78,19 @@ def _assert_bitwise_equal(a, b):
     assert a.torchpqt_run["statistics_hash"] == b.torchpqt_run["statistics_hash"]
 
 
-def test_requantize_from_cache_is_bitwise_a_fresh_run_without_a_forward(tmp_path):
+@pytest.mark.parametrize("alignment_pass", ["shared", "separate"])
+def test_requantize_from_cache_is_bitwise_a_fresh_run_without_a_forward(tmp_path, alignment_pass):
     model, data, path = Counted().eval(), _data(), tmp_path / "stats.pt"
-    schedule = torchpqt.prepare(model, data[0], BASE).torchpqt_schedule
-    assert schedule.passes == 2  # the second pass (after channel alignment) is cached too
+    base = {**BASE, "alignment_pass": alignment_pass}
+    passes = 1 if alignment_pass == "shared" else 2  # separate: the second pass (after alignment) is cached too
+    schedule = torchpqt.prepare(model, data[0], base).torchpqt_schedule
+    assert schedule.passes == passes
     FORWARDS[0] = 0
-    first = torchpqt.quantize(model, data, BASE, statistics_cache=path)
-    assert FORWARDS[0] == 2 * len(data) and path.exists()
-    _assert_bitwise_equal(first, torchpqt.quantize(model, data, BASE))
+    first = torchpqt.quantize(model, data, base, statistics_cache=path)
+    assert FORWARDS[0] == passes * len(data) and path.exists()
+    _assert_bitwise_equal(first, torchpqt.quantize(model, data, base))
     for config in OTHERS:
+        config = {**config, "alignment_pass": alignment_pass}
         FORWARDS[0] = 0
         cached = torchpqt.quantize(model, data, config, statistics_cache=path)
         assert FORWARDS[0] == 0, config  # no forward over the calibration data
@@ -107,8 +111,10 @@ def test_a_new_reduction_observes_only_the_missing_tensors_then_is_cached(tmp_pa
     torchpqt.quantize(model, data, BASE, statistics_cache=path)
     quantile = {**BASE, "activations": {"range_estimator": {"max": {"type": "quantile", "outlier_prob": 0.01}}}}
     FORWARDS[0] = 0
+    assert torchpqt.prepare(model, data[0], quantile).torchpqt_schedule.passes == 2  # a per-tensor quantile of
+    # the aligned tensor cannot be derived: POT's second pass on the aligned model
     cached = torchpqt.quantize(model, data, quantile, statistics_cache=path)
-    assert FORWARDS[0] == len(data)  # one pass: the quantiles; the alignment pass came from the file
+    assert FORWARDS[0] == len(data)  # one pass: the aligned model's; the alignment pass came from the file
     _assert_bitwise_equal(cached, torchpqt.quantize(model, data, quantile))
     FORWARDS[0] = 0
     again = torchpqt.quantize(model, data, quantile, statistics_cache=path)

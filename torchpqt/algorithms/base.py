@@ -19,6 +19,11 @@ An algorithm is an :class:`Algorithm` record, usually the ``ALGORITHM`` of its o
 * ``new_pass_after``: the statistics of the algorithms after it must be collected on the model it
   returns (ActivationChannelAlignment changes the float weights): the pipeline starts a new calibration
   pass after it, when it requested statistics. Without statistics it must leave the float model as it is.
+* ``affine_tensors(plan, config)`` (optional, with ``new_pass_after``): the tensors (fx node names) whose values
+  ``apply`` changes, each by a per-channel increasing affine map along axis 1 (``y' = a * y + b``, ``a > 0``),
+  every other tensor keeping its value. ``apply`` then sets ``model.torchpqt_affine = {tensor: (a, b)}``. With
+  ``alignment_pass: "shared"`` the later algorithms' statistics are then collected in the same pass, and those on
+  these tensors derived from it (:mod:`torchpqt.statistics.affine`) instead of a new pass.
 """
 
 from __future__ import annotations
@@ -47,3 +52,4 @@ class Algorithm:
     apply: Apply
     needs_data: bool = False
     new_pass_after: bool = False
+    affine_tensors: Callable[[Any, Any], tuple[str, ...]] | None = None

@@ -34,8 +34,10 @@ Driver interface (pass 1, on the FP32 captured graph, before FakeQuantize placem
 
     pairs = find_pairs(gm)
     # collect RANGE_MIN and RANGE_MAX (channel axis 1) at each pair.producer.node over the subset
-    rescale = apply(gm, pairs, {p.producer.name: (amin, amax) for p in pairs})
-    # pass 2 runs on the aligned gm; the saturation fix also covers the convs named in `rescale`
+    rescale = apply(gm, pairs, {p.producer.name: (amin, amax) for p in pairs}, transforms)
+    # the saturation fix also covers the convs named in `rescale`; the later statistics are those of the
+    # aligned gm: POT's second pass on it (``alignment_pass: "separate"``), or by default taken in pass 1 with
+    # the aligned tensors' statistics derived from `transforms` (torchpqt.statistics.affine)
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from torch import fx
 
 from torchpqt.algorithms.base import Algorithm
 from torchpqt.algorithms.layers import CONVOLUTION, Layer, drop_unused_constants, layer_of, set_layer_tensor
-from torchpqt.observer import StatisticRequest
+from torchpqt.observer import Observer, StatisticRequest
 from torchpqt.statistics.estimators import StatSpec
 
 __all__ = ["ALGORITHM", "RANGE_MAX", "RANGE_MIN", "Alignment", "AlignmentPair", "align", "align_pair", "apply", "find_pairs"]
@@ -74,7 +76,12 @@ class AlignmentPair:
 
 @dataclass(frozen=True)
 class Alignment:
-    """New tensors for one pair (float32); a bias of None stays as it was (absent)."""
+    """New tensors for one pair (float32); a bias of None stays as it was (absent).
+
+    ``a`` and ``b`` (float64 ``[C]``) say what the alignment does to the producer's output ``y``, channel by
+    channel along axis 1: it becomes ``a * y + b`` in real arithmetic (the new constants round to float32).
+    ``a = 1 / sf > 0`` (1 where scales are not aligned), ``b = -mean / sf`` where means are aligned, else 0.
+    Every other tensor of the model keeps its value."""
 
     w_in: torch.Tensor
     b_in: torch.Tensor | None
@@ -82,6 +89,8 @@ class Alignment:
     b_out: torch.Tensor | None
     mean_aligned: bool
     scale_aligned: bool
+    a: np.ndarray
+    b: np.ndarray
 
 
 def _flat(node: fx.Node) -> list:
@@ -90,20 +99,33 @@ def _flat(node: fx.Node) -> list:
     return out
 
 
+def _observed_source(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
+    """The tensor an argument reads, seen through the inline observers a one-pass calibration left in the graph
+    (they return their input), and those observers."""
+    hops = []
+    while (isinstance(node, fx.Node) and node.op == "call_module"
+           and isinstance(gm.get_submodule(node.target), Observer)):
+        hops.append(node)
+        node = node.args[0]
+    return node, hops
+
+
 def find_pairs(gm: fx.GraphModule) -> list[AlignmentPair]:
-    """The qualifying (producer, consumer) pairs of an FP32 captured graph, sorted by consumer name."""
+    """The qualifying (producer, consumer) pairs of an FP32 captured graph, sorted by consumer name. Inline
+    observers between the two (convert()'s working copy after a one-pass calibration) are looked through."""
     pairs = []
     for node in gm.graph.nodes:
         consumer = layer_of(gm, node)
         if consumer is None or consumer.type != CONVOLUTION or not consumer.pointwise_input:
             continue
-        src = node.args[0]
+        read = node.args[0]
+        src, hops = _observed_source(gm, read)
         if not isinstance(src, fx.Node):
             continue
         producer = layer_of(gm, src)
         if producer is None or producer.type != CONVOLUTION:
             continue
-        if len(src.users) != 1 or sum(a is src for a in _flat(node)) != 1:
+        if any(len(n.users) != 1 for n in (src, *hops)) or sum(a is read for a in _flat(node)) != 1:
             logger.debug("channel alignment: %s has a producer that feeds many nodes", node.name)
             continue
         pairs.append(AlignmentPair(producer, consumer))
@@ -131,6 +153,7 @@ def align_pair(w_in: torch.Tensor, b_in: torch.Tensor | None, w_out: torch.Tenso
     bi = None if b_in is None else b_in.detach().cpu().numpy().astype(np.float32).reshape(-1)
     bo = None if b_out is None else b_out.detach().cpu().numpy().astype(np.float32).reshape(-1)
     mean_aligned = bi is not None and bo is not None
+    sf = np.ones_like(ascale)
     if mean_aligned:
         # POT align_means: shift the producer's channels to zero mean, the consumer's bias takes it back
         bi = _f32(bi - amean)
@@ -151,7 +174,9 @@ def align_pair(w_in: torch.Tensor, b_in: torch.Tensor | None, w_out: torch.Tenso
         view[1] = -1
         wo = _f32(wo * sf.reshape(view))
     as_t = (lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)))
-    return Alignment(as_t(wi), as_t(bi), as_t(wo), as_t(bo), mean_aligned, scale_aligned)
+    a = 1.0 / sf  # y' = (y - mean) / sf: the producer's weight and bias are divided by sf, its bias shifted first
+    b = -amean * a if mean_aligned else np.zeros_like(amean)
+    return Alignment(as_t(wi), as_t(bi), as_t(wo), as_t(bo), mean_aligned, scale_aligned, a, b)
 
 
 def align(pair: AlignmentPair, amin, amax) -> Alignment:
@@ -165,13 +190,16 @@ def align(pair: AlignmentPair, amin, amax) -> Alignment:
     return align_pair(p.weight, b_in, c.weight, b_out, amin, amax, w_in_axis=p.out_axis % p.weight.dim())
 
 
-def apply(gm: fx.GraphModule, pairs: list[AlignmentPair], ranges: dict[str, tuple]) -> set[str]:
+def apply(gm: fx.GraphModule, pairs: list[AlignmentPair], ranges: dict[str, tuple],
+          transforms: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> set[str]:
     """Align every pair of ``gm`` in place (new constants; the old ones are left untouched).
 
     Args:
         gm: the FP32 captured graph ``pairs`` were found in (before any FakeQuantize).
         pairs: :func:`find_pairs` (their tensors are re-read, so chained pairs compose).
         ranges: producer node name -> ``(amin, amax)``, the :data:`RANGE_MIN` / :data:`RANGE_MAX` results.
+        transforms: filled with producer node name -> ``(a, b)`` (:class:`Alignment`): its output becomes
+            ``a * y + b``. Chained pairs compose: each aligned tensor moves by its own pair's map only.
 
     Returns:
         The consumer node names, for the saturation fix (POT ``need_rescale``).
@@ -189,6 +217,8 @@ def apply(gm: fx.GraphModule, pairs: list[AlignmentPair], ranges: dict[str, tupl
         if new.b_out is not None:
             set_layer_tensor(gm, consumer, "bias", new.b_out)
         rescale.add(consumer.name)
+        if transforms is not None:
+            transforms[producer.name] = (new.a, new.b)
         logger.debug("channel alignment: %s -> %s (means %s, scales %s)", producer.name, consumer.name,
                      new.mean_aligned, new.scale_aligned)
     drop_unused_constants(gm)
@@ -245,19 +275,28 @@ def retarget_weights(model: fx.GraphModule, plan, rescale: set[str], config):
     return replace(plan, points=tuple(points))
 
 
+def aligned_tensors(plan, config) -> tuple[str, ...]:
+    """The tensors alignment changes (every qualifying producer's output), each by a per-channel increasing
+    affine map along axis 1; every other tensor keeps its value."""
+    gm = captured_graph(plan)
+    return () if gm is None else tuple(p.producer.name for p in find_pairs(gm))
+
+
 def run(model: fx.GraphModule, plan, statistics, config, *, data=None) -> fx.GraphModule:
     """Align every qualifying pair of the FP32 working copy; the plan follows the new weights and marks the
-    consumers for the saturation fix."""
+    consumers for the saturation fix. ``model.torchpqt_affine`` maps each aligned tensor to its ``(a, b)``."""
     pairs = find_pairs(model)
     if not pairs:
         return model
     ranges = {p.producer.name: (statistics.result(_stats_point(p.producer.name), RANGE_MIN),
                                 statistics.result(_stats_point(p.producer.name), RANGE_MAX)) for p in pairs}
-    rescale = apply(model, pairs, ranges)
+    transforms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    rescale = apply(model, pairs, ranges, transforms)
+    model.torchpqt_affine = {**getattr(model, "torchpqt_affine", {}), **transforms}
     model.torchpqt_plan = retarget_weights(model, plan, rescale, config)
     logger.info("channel alignment: %d pair(s) aligned", len(pairs))
     return model
 
 
 ALGORITHM = Algorithm("ActivationChannelAlignment", enabled=lambda config: True, statistic_points=statistic_points,
-                      apply=run, new_pass_after=True)
+                      apply=run, new_pass_after=True, affine_tensors=aligned_tensors)

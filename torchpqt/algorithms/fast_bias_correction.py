@@ -36,7 +36,8 @@ mean(op(Q(W), c))`` on the same constant input ``c`` (float64). This saves one f
 layer's output per batch (its per-channel mean), about a third of the observers of a CNN or a transformer;
 the result equals POT's up to the float32 rounding of POT's measured mean (tested against POT's recordings).
 
-Driver interface (pass 2, on the aligned FP32 model, with the min-max statistics)::
+Driver interface (the min-max statistics' pass, on the FP32 model; where channel alignment changed a tensor, its
+statistics are the aligned model's: POT's second pass, or derived from the first)::
 
     for layer in candidates(qm, cfg.apply_for_all_nodes):          # qm: the converted model
         # collected at Topology(qm).input0(layer.node) (the tensor before its activation FakeQuantize)

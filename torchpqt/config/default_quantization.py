@@ -92,6 +92,9 @@ class DefaultQuantizationConfig(_Config):
     # torchpqt extensions (default false: POT's behaviour), see the README's differences from POT
     correct_zero_bias: bool = field(default=False, metadata=_meta(_boolean))
     fast_bias_padding_fix: bool = field(default=False, metadata=_meta(_boolean))
+    # torchpqt extension: "shared" (default) derives the aligned tensors' statistics from the first pass;
+    # "separate" runs POT's second calibration pass on the aligned model
+    alignment_pass: str = field(default="shared", metadata=_meta(_choice("shared", "separate")))
     ignored: IgnoredConfig = field(default_factory=IgnoredConfig, metadata=_meta(_section(IgnoredConfig)))
     weights: QuantizerConfig = field(
         default_factory=QuantizerConfig, metadata=_meta(_section(QuantizerConfig))
