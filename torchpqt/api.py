@@ -24,10 +24,11 @@ from torchpqt.converted import finalize
 from torchpqt.errors import TorchPQTError
 from torchpqt.hardware.cpu_isa import advise_saturation
 from torchpqt.inputs import ModelInputs
-from torchpqt.observer import collect, instrument, remove_probes
+from torchpqt.observer import Observer, collect, instrument, remove_probes
 from torchpqt.plan import QuantizationPlan
 from torchpqt.planning import make_plan
 from torchpqt.statistics.cache import DataFingerprint, StatisticsCache, model_hash, statistics_digest
+from torchpqt.statistics.collector import TensorStatistics
 from torchpqt.statistics.store import StatisticsStore
 
 logger = logging.getLogger("torchpqt")
@@ -181,7 +182,10 @@ def _convert(prepared: fx.GraphModule, calibration_data, *, statistics: Statisti
         check_data()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation noise on copy
-        qm = copy.deepcopy(prepared)  # keeps none of prepared's torchpqt_* attributes
+        # keeps none of prepared's torchpqt_* attributes; the observers' statistics (read into `store` already) are
+        # not copied: the copy's observers are removed or replaced below
+        idle = TensorStatistics(())
+        qm = copy.deepcopy(prepared, {id(m.stats): idle for m in prepared.modules() if isinstance(m, Observer)})
     qm.torchpqt_plan = qplan
     remove_probes(qm, schedule.stages[0].requests)
     qm, store = pipeline.run(qm, schedule, store, cfg, data, progress=progress, cache=cache)
