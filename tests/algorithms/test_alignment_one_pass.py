@@ -17,7 +17,7 @@ from torchpqt.algorithms import channel_alignment as ca
 from torchpqt.algorithms.layers import layer_of
 from torchpqt.graph.capture import capture
 from torchpqt.observer import SHAPES, StatisticRequest, store_entries
-from torchpqt.statistics import StatSpec, StatisticsStore, TensorStatistics, affine
+from torchpqt.statistics import StatisticsStore, StatSpec, TensorStatistics, affine
 from torchpqt.statistics.reducers import minmax, reduce
 
 # ---------------------------------------------------------------- the derivations, on random tensors
@@ -283,7 +283,7 @@ def test_the_chained_model_aligns_means_and_scales_of_both_pairs():
         y = []
 
         class Grab(torch.fx.Interpreter):
-            def run_node(self, n, p=p):
+            def run_node(self, n, p=p, y=y):
                 r = super().run_node(n)
                 if n.name == p.producer.name:
                     y.append(r)
