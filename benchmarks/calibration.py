@@ -6,7 +6,7 @@ For each model, over the same calibration samples and batch size:
     config's first pass collecting statistics),
   * ``observe_all``: one forward pass per batch with the observers of *every* pass of the config inserted
     at once (what a one-pass config costs; with ``--alignment-pass separate`` EfficientNet-Lite0's first pass only
-    watches the two conv→conv pairs channel alignment treats, the second pass the 160 MinMax and bias-correction
+    watches the two conv→conv pairs channel alignment treats, the second pass the MinMax and bias-correction
     points; by default there is one pass, so this equals ``calibrate``),
   * ``capture``: ``torchpqt.prepare()`` alone (torch.export and the graph passes),
   * ``quantize``: the whole ``torchpqt.quantize()`` call (capture + every calibration pass + convert).
