@@ -136,7 +136,7 @@ def instrument(gm: fx.GraphModule, requests: Sequence[StatisticRequest], *, pass
         quiet = r.point in passive
         key = (r.tensor, r.channel_axis, r.inplace)
         stats = TensorStatistics((), channel_axis=r.channel_axis, inplace=r.inplace) if quiet else shared[key]
-        computes = quiet or groups[key][0] is r
+        computes = not quiet and groups[key][0] is r  # a passive point's statistics come from elsewhere
         gm.add_submodule(r.module_name, Observer(r.point, stats, record_shapes=r.shapes and not quiet,
                                                  computes=computes))
         tensor = nodes[r.tensor]

@@ -205,7 +205,8 @@ def fast_bias_correction(layer: Layer, weight_q: torch.Tensor, input_mean, outpu
     has_zero = bool((current == 0).any())
     if output_mean is None or (padding_fix and layer.padded) or (correct_zero_bias and has_zero):
         if weight is None:
-            raise ValueError(f"{layer.name}: padding_fix / correct_zero_bias need the FP32 weight")
+            raise ValueError(f"{layer.name}: a derived output mean, padding_fix and correct_zero_bias need the "
+                             "FP32 weight")
         fp = channel_mean(run_layer(layer, x, weight.double()), layer.channel_axis)
         new = current + fp - q
     else:

@@ -152,7 +152,8 @@ def _stages(plan, config, wanted, shared: bool) -> tuple[Stage, ...] | str:
     def close() -> None:
         sources = []
         for tensor in dict.fromkeys(d.tensor for d in derived):
-            mine = [r for r in requests if any(d.point == r.point for d in derived if d.tensor == tensor)]
+            points = {d.point for d in derived if d.tensor == tensor}
+            mine = [r for r in requests if r.point in points]
             specs = affine.source_specs(spec for r in mine for spec in r.specs)
             sources.append(StatisticRequest(_source_point(tensor), tensor, specs, f"{tensor}__derivation_source",
                                             channel_axis=1, shapes=True))

@@ -25,6 +25,7 @@ saved, merged states exactly as from one run.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Protocol
 
 import numpy as np
@@ -86,15 +87,16 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
-class _Online:
-    """Common part of the O(1)-memory aggregators."""
+class _Online(abc.ABC):
+    """Common part of the aggregators: batches in, a state out. A subclass defines :meth:`_update_block` (``K``
+    batches of one shape, stacked) and :meth:`state`."""
 
     name = ""
 
     def __init__(self) -> None:
-        self._state: torch.Tensor | None = None
         self._count = 0
-        # mean / batch_mean: each batch's term of the sum, so that a merge adds them in one run's order
+        # mean / batch_mean: each batch's term of the sum, so that a merge adds them in one run's order;
+        # the sample aggregators: every sample's value
         self._parts: list[torch.Tensor] = []
 
     def _empty(self) -> TorchPQTError:
@@ -126,8 +128,13 @@ class _Online:
     def _update_one(self, batch_stat) -> None:  # a statistic the block path cannot take (mps, 0-d, numpy)
         self._update_block(_as_tensor(batch_stat)[None])
 
+    @abc.abstractmethod
     def _update_block(self, stacked: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Take ``K`` batches' statistics stacked as ``[K, *batch_stat]`` (float64 conversion is the subclass's)."""
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, Any] | None:
+        """What the aggregator holds (see :func:`finalize` and :func:`merge`), or None before any batch."""
 
 
 class _Mean(_Online):
@@ -157,6 +164,7 @@ class _Extreme(_Online):
 
     def __init__(self, largest: bool) -> None:
         super().__init__()
+        self._state: torch.Tensor | None = None  # the running extreme, float64
         self._largest = largest
         self.name = "max" if largest else "min"
 

@@ -47,6 +47,7 @@ class TensorStatistics:
         self.num_batches = 0
         self._first_nonfinite: torch.Tensor | None = None  # on the device: first batch with a NaN/Inf stat
         self._checked = 0  # batches folded into the aggregators and _first_nonfinite
+        self._states: tuple[int, dict] | None = None  # (num_batches, states()) of the last states() call
         self._aggregators: dict[tuple, Aggregator] = {}
         self._by_reducer: dict[tuple, list[tuple]] = {}
         #: ``reducer key -> [per-batch reduced values]`` when recording (a statistics cache), else None;
@@ -179,12 +180,15 @@ class TensorStatistics:
     def states(self) -> dict[str, dict[str, Any]]:
         """Every statistic collected so far: ``statistic key -> aggregator state`` (CPU tensors and ints, see
         :func:`~torchpqt.statistics.aggregators.merge`), with ``per_batch`` (inplace statistics) recorded."""
+        if self._states is not None and self._states[0] == self.num_batches:
+            return self._states[1]  # points sharing this tensor read it in turn: computed once per batch count
         self._fold()
         out = {}
         for (reducer_key, aggregator), agg in self._aggregators.items():
             state = agg.state()
             if state is not None:
                 out[statistic_key(reducer_key, aggregator)] = {**state, "per_batch": self.inplace}
+        self._states = (self.num_batches, out)
         return out
 
     def __repr__(self) -> str:
