@@ -172,3 +172,42 @@ def test_a_mean_of_a_large_activation_is_accurate() -> None:
     for row in x.reshape(2, 8, -1).unbind(-1)[:4096]:  # a sequential float32 sum drifts
         naive += row
     assert (naive.double().numpy() / 4096 - x.reshape(2, 8, -1)[..., :4096].double().mean(-1).numpy()).__abs__().max() > 1e-7
+
+
+def test_changing_input_signatures_and_fed_batches() -> None:
+    """Batches whose shape, layout or dtype changes (each a new specialization of the reductions and a new run of
+    the folding block), with replayed (fed) batches in between: every statistic equals the batch-by-batch
+    computation exactly."""
+    specs = [StatSpec("min", "min", "mean", "pertensor"), StatSpec("max", "abs_max", "max", "perchannel"),
+             StatSpec("max", "abs_max", "median", "pertensor"), StatSpec("max", "mean", "mean", "perchannel"),
+             StatSpec("min", "quantile", "min", "perchannel", outlier_prob=0.01)]
+    g = torch.Generator().manual_seed(5)
+    batches = []
+    for i in range(90):
+        x = torch.randn(1 + i % 2, 3, 4 + i % 3, 5, generator=g)
+        if i % 5 == 0:
+            x = x.contiguous(memory_format=torch.channels_last)  # strided along the channel axis
+        if i % 11 == 0:
+            x = x.double()
+        batches.append(x)
+    stats = TensorStatistics(specs)
+    keys = stats.reducer_keys()
+    for i, b in enumerate(batches):
+        if i % 4 == 3:  # a replayed batch: the reduced values handed in
+            stats.feed({k: reduce(b, k[0], k[2], q=k[1]) for k in keys})
+        else:
+            stats.update(b)
+    want = _reference(specs, batches, False)
+    for spec in specs:
+        np.testing.assert_array_equal(stats.result(spec), want[spec.statistic_key], err_msg=spec.statistic_key)
+
+
+def test_nonfinite_rows_are_exactly_those_with_nan_or_inf() -> None:
+    """The fold's check flags a batch holding NaN or +-Inf, never a finite one whose sum would overflow."""
+    from torchpqt.statistics.collector import _nonfinite_rows
+
+    rows = torch.full((6, 1000), 3e38)  # a float32 sum of any row overflows
+    rows[1, 7], rows[3, 0], rows[4, -1] = float("nan"), float("inf"), -float("inf")
+    assert _nonfinite_rows(rows).tolist() == [False, True, False, True, True, False]
+    assert _nonfinite_rows(torch.tensor([1.0, float("nan")])).tolist() == [False, True]
+    assert _nonfinite_rows(torch.zeros(2, 0)).tolist() == [False, False]

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchpqt.errors import ConfigError
-from torchpqt.statistics import minmax, reduce, weight_stat
+from torchpqt.statistics import minmax, reduce, reducers, weight_stat
+from torchpqt.statistics.reducers import minmax_fn
 
 TYPES = ["min", "max", "abs_max", "mean", "quantile", "abs_quantile"]
 NP_FN = {
@@ -190,3 +191,41 @@ def test_cuda_matches_cpu(stat_type: str) -> None:
         got = reduce(x.cuda(), stat_type, granularity, q=q)
         assert got.device.type == "cuda"
         torch.testing.assert_close(got.cpu(), reduce(x, stat_type, granularity, q=q), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("largest", [False, True])
+def test_extremes_candidate_search_equals_topk(largest: bool) -> None:
+    """The strided-block candidate search returns topk's sorted values exactly: random rows, rows of few distinct
+    values (ties across blocks), a leftover tail, +-inf, and k up to the fallback bound."""
+    g = torch.Generator().manual_seed(7)
+    for trial in range(60):
+        n = int(torch.randint(16 * 8, 6000, (1,), generator=g))
+        rows = torch.randn(3, 5, n, generator=g)
+        if trial % 3 == 1:
+            rows = torch.randint(-2, 3, (3, 5, n), generator=g).float()
+        if trial % 3 == 2:
+            rows[0, 0, :7] = float("inf")
+            rows[1, 1, -5:] = -float("inf")
+        for k in (1, 2, 3, n // 16 // 8):
+            got = reducers._extremes(rows, k, largest)
+            want = torch.topk(rows, k, dim=-1, largest=largest, sorted=True).values
+            assert torch.equal(got, want), (trial, n, k)
+
+
+def test_extremes_of_strided_rows() -> None:
+    x = torch.randn(2, 3000, 6).transpose(1, 2)  # per-channel rows of a channel-last tensor: not contiguous
+    got = reducers._extremes(x, 3, largest=False)
+    assert torch.equal(got, torch.topk(x, 3, dim=-1, largest=False).values)
+
+
+def test_short_rows_through_float64_are_the_float32_extremes() -> None:
+    """The float64 route the calibration may time as faster gives the same values as float32 amin/amax."""
+    x = torch.randn(2, 300, 7, 7)
+    x[0, 0, 0, :3] = torch.tensor([float("inf"), -float("inf"), -0.0])
+    x[1, 5] = 0.0
+    shape = torch.Size((2, 300, 49))
+    mn, mx = reducers._rows_via_float64(shape)(x)
+    assert mn.dtype == mx.dtype == torch.float32
+    assert torch.equal(mn, x.view(shape).amin(-1)) and torch.equal(mx, x.view(shape).amax(-1))
+    tuned = minmax_fn(x, "perchannel", tune=True)(x)  # whichever route was faster here
+    assert torch.equal(tuned[0], mn) and torch.equal(tuned[1], mx)
