@@ -2,6 +2,8 @@
 
 For each model, over the same calibration samples and batch size:
   * ``fp32``: the plain model's forward passes (under no_grad),
+  * ``graph``: the same captured graph without its observers (what the statistics themselves cost is
+    ``calibrate - graph``: printed as the observers' milliseconds per sample),
   * ``calibrate``: the prepared model's forward passes (the user's calibration loop: the observers of the
     config's first pass collecting statistics),
   * ``observe_all``: one forward pass per batch with the observers of *every* pass of the config inserted
@@ -133,11 +135,13 @@ def step(name: str, what: str, samples: int, batch: int, built=None, clock=time.
                 _call(model, b)
         elif what == "capture":
             torchpqt.prepare(model, _batches(data[:1], 1)[0], _config(samples, batch))
-        elif what in ("calibrate", "observe_all"):
+        elif what in ("graph", "calibrate", "observe_all"):
             example = _batches(data[:1], 1)[0]
             prepared = torchpqt.prepare(model, example, _config(samples, batch))
             if what == "observe_all":
                 prepared = observe_all(prepared)
+            elif what == "graph":
+                prepared = without_observers(prepared)
             t0 = clock()
             for b in _batches(data, batch):
                 _call(prepared, b)
@@ -158,6 +162,21 @@ def observe_all(prepared):
         gm = copy.deepcopy(prepared)
     instrument(gm, later)
     gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def without_observers(prepared):
+    """A copy of ``prepared``'s captured graph with every observer taken out (the tensors flow through)."""
+    from torchpqt.observer import Observer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        gm = copy.deepcopy(prepared)
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), Observer):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
     gm.recompile()
     return gm
 
@@ -210,12 +229,13 @@ def main() -> None:
         built = build(name)
         with torch.no_grad():  # warm-up: one-time kernel and allocator setup is not part of any step
             _call(built[0], built[1][0])
-        times = {"fp32": [], "calibrate": [], "observe_all": [], "capture": [], "quantize": []}
+        times = {"fp32": [], "graph": [], "calibrate": [], "observe_all": [], "capture": [], "quantize": []}
         for _ in range(args.repeat):  # interleaved
             for what, runs in times.items():
                 runs.append(step(name, what, args.samples, args.batch, built, clock))
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {"seconds": med, **{f"{k}/fp32": med[k] / med["fp32"] for k in times if k != "fp32"},
+               "observers_ms_per_sample": (med["calibrate"] - med["graph"]) / args.samples * 1e3,
                "passes": torchpqt.prepare(built[0], _batches(built[1][:1], 1)[0],
                                           _config(args.samples, args.batch)).torchpqt_schedule.passes}
         if not args.no_memory:
@@ -224,7 +244,7 @@ def main() -> None:
         report[name] = row
         print(f"{name}: fp32 {med['fp32']:.2f}s  " + "  ".join(
             f"{k} {med[k]:.2f}s ({row[k + '/fp32']:.2f}x)" for k in times if k != "fp32")
-            + f"  passes {row['passes']}"
+            + f"  observers {row['observers_ms_per_sample']:.2f} ms/sample  passes {row['passes']}"
             + (f"  peak RSS MiB {row['peak_rss_mib']}" if "peak_rss_mib" in row else ""), flush=True)
     print(json.dumps({"samples": args.samples, "batch": args.batch, "alignment_pass": args.alignment_pass, **report},
                      indent=1))

@@ -9,7 +9,7 @@ is therefore the reductions themselves and a list append. Everything stays on th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,8 @@ class TensorStatistics:
         return plan
 
     def _mark_run(self, signature: object) -> None:
+        """The batches from now on come with ``signature``: where it differs from the last one, the pending values
+        so far end a run (folded apart: another shape, or abs_max pairs after fed values)."""
         if signature is not self._signature:
             pending = self.num_batches - self._checked
             if pending and (not self._breaks or self._breaks[-1] != pending):
@@ -258,13 +260,13 @@ class _Plan:
     def __init__(self, x: torch.Tensor, minmax_keys: dict[str, list[tuple]], other_keys: list[tuple],
                  pending: dict[tuple, list], channel_axis: int, inplace: bool) -> None:
         self.shape, self.dtype, self.device, self.contiguous = x.shape, x.dtype, x.device, x.is_contiguous()
-        fns = {g: minmax_fn(x, g, channel_axis=channel_axis, per_batch=inplace, tune=True) for g in minmax_keys}
         targets = {g: [(pending[k].append, _SIDES[k[0]]) for k in keys] for g, keys in minmax_keys.items()}
-        if len(fns) == 2 and x.ndim >= 3 and channel_axis % x.ndim:  # per-channel values are [B, C]
-            self.minmax = [(_with_per_tensor(fns["perchannel"], inplace),
-                            [targets["perchannel"], targets["pertensor"]])]
+        if len(targets) == 2 and x.ndim >= 3 and channel_axis % x.ndim:  # per-channel values are [B, C]
+            per_channel = minmax_fn(x, "perchannel", channel_axis=channel_axis, tune=True)
+            self.minmax = [(_with_per_tensor(per_channel, inplace), [targets["perchannel"], targets["pertensor"]])]
         else:
-            self.minmax = [(_single(fns[g]), [targets[g]]) for g in fns]
+            self.minmax = [(_single(minmax_fn(x, g, channel_axis=channel_axis, per_batch=inplace, tune=True)),
+                            [targets[g]]) for g in targets]
         self.other = [(reduce_fn(x, k[0], k[2], q=k[1], channel_axis=channel_axis, per_batch=inplace),
                        pending[k].append) for k in other_keys]
 
@@ -272,14 +274,18 @@ class _Plan:
 _SIDES = {"min": 0, "max": 1, "abs_max": 2}
 
 
-def _single(fn):
+_Extremes = tuple[torch.Tensor, torch.Tensor]
+
+
+def _single(fn: Callable[[torch.Tensor], _Extremes]) -> Callable[[torch.Tensor], tuple[_Extremes, ...]]:
     return lambda t: (fn(t),)
 
 
-def _with_per_tensor(per_channel, per_batch: bool):
+def _with_per_tensor(per_channel: Callable[[torch.Tensor], _Extremes],
+                     per_batch: bool) -> Callable[[torch.Tensor], tuple[_Extremes, ...]]:
     """Per-channel extremes ``[B, C]`` and the per-tensor ones taken from them: per sample, or one per batch
     (``inplace_statistics``)."""
-    def both(t: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    def both(t: torch.Tensor) -> tuple[_Extremes, ...]:
         mn, mx = per_channel(t)
         if per_batch:
             return (mn, mx), (mn.amin().reshape(1), mx.amax().reshape(1))
