@@ -229,3 +229,14 @@ def test_short_rows_through_float64_are_the_float32_extremes() -> None:
     assert torch.equal(mn, x.view(shape).amin(-1)) and torch.equal(mx, x.view(shape).amax(-1))
     tuned = minmax_fn(x, "perchannel", tune=True)(x)  # whichever route was faster here
     assert torch.equal(tuned[0], mn) and torch.equal(tuned[1], mx)
+
+
+def test_one_aminmax_per_sample_gives_the_rows_extremes() -> None:
+    """The per-sample aminmax loop the calibration may time as faster on large samples gives amin/amax's values."""
+    x = torch.randn(4, 3, 150, 150)
+    x[1, 0, 0, :2] = torch.tensor([float("inf"), -float("inf")])
+    shape = torch.Size((4, 3 * 150 * 150))
+    mn, mx = reducers._per_row_aminmax(shape)(x)
+    assert torch.equal(mn, x.view(shape).amin(-1)) and torch.equal(mx, x.view(shape).amax(-1))
+    tuned = minmax_fn(x, "pertensor", tune=True)(x)  # whichever route was faster here
+    assert torch.equal(tuned[0], mn) and torch.equal(tuned[1], mx)
