@@ -20,9 +20,10 @@ tensor, its channel axis and ``inplace_statistics``.
 What is cached: every calibration pass of the schedule: the first one and, with POT's two passes
 (``alignment_pass: "separate"``), the one after channel alignment (keyed on the aligned model's state, so a config
 that aligns the same way hits, one that does not recalibrates that pass). Statistics that convert() derives from
-the first pass (the aligned tensors' in the default one-pass mode) are not cached; what they are derived from is. Not cached: what algorithms read from the data inside convert, BiasCorrection's
-layer-by-layer inference (``use_fast_bias: false``) and LayerwiseTuning: they run the data again on every
-call (FastBiasCorrection, the default, reads only the cached statistics). Statistics are replayed on the CPU;
+the first pass (the aligned tensors' in the default one-pass mode) are not cached; what they are derived from is.
+Not cached: what algorithms read from the data inside convert, BiasCorrection's layer-by-layer inference
+(``use_fast_bias: false``) and LayerwiseTuning: they run the data again on every call (FastBiasCorrection, the
+default, reads only the cached statistics). Statistics are replayed on the CPU;
 on another device the fresh run's float64 sums may differ in the last bit.
 """
 

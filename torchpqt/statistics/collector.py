@@ -18,7 +18,7 @@ import torch
 from ..errors import ConfigError, TorchPQTError
 from .aggregators import Aggregator, make_aggregator
 from .estimators import StatSpec, statistic_key
-from .reducers import check_statistic, minmax, minmax_fn, reduce, reduce_fn
+from .reducers import MinMaxFn, check_statistic, minmax, minmax_fn, reduce, reduce_fn
 
 __all__ = ["TensorStatistics"]
 
@@ -119,8 +119,9 @@ class TensorStatistics:
 
     def _mark_run(self, signature: object) -> None:
         """The batches from now on come with ``signature``: where it differs from the last one, the pending values
-        so far end a run (folded apart: another shape, or abs_max pairs after fed values)."""
-        if signature is not self._signature:
+        so far end a run (folded apart: another shape, or abs_max pairs after fed values). A plan compares by
+        identity, fed values by their shapes."""
+        if signature != self._signature:
             pending = self.num_batches - self._checked
             if pending and (not self._breaks or self._breaks[-1] != pending):
                 self._breaks.append(pending)
@@ -147,9 +148,7 @@ class TensorStatistics:
         """Take one batch's per-sample reduced values (``reducer key -> tensor``, as :meth:`update` computes
         them): what :meth:`update` does after reducing, and how a statistics cache replays recorded reductions
         (the same tensors in the same order give the same states bit for bit). Extra keys are ignored."""
-        shapes = tuple(stats[k].shape for k in self._pending)
-        if shapes != self._signature:
-            self._mark_run(shapes)
+        self._mark_run(tuple(stats[k].shape for k in self._pending))
         for reducer_key, pending in self._pending.items():
             pending.append(stats[reducer_key])
         self.num_batches += 1
@@ -274,18 +273,17 @@ class _Plan:
 _SIDES = {"min": 0, "max": 1, "abs_max": 2}
 
 
-_Extremes = tuple[torch.Tensor, torch.Tensor]
+_Groups = Callable[[torch.Tensor], tuple[tuple[torch.Tensor, torch.Tensor], ...]]  # one (min, max) per granularity
 
 
-def _single(fn: Callable[[torch.Tensor], _Extremes]) -> Callable[[torch.Tensor], tuple[_Extremes, ...]]:
+def _single(fn: MinMaxFn) -> _Groups:
     return lambda t: (fn(t),)
 
 
-def _with_per_tensor(per_channel: Callable[[torch.Tensor], _Extremes],
-                     per_batch: bool) -> Callable[[torch.Tensor], tuple[_Extremes, ...]]:
+def _with_per_tensor(per_channel: MinMaxFn, per_batch: bool) -> _Groups:
     """Per-channel extremes ``[B, C]`` and the per-tensor ones taken from them: per sample, or one per batch
     (``inplace_statistics``)."""
-    def both(t: torch.Tensor) -> tuple[_Extremes, ...]:
+    def both(t: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         mn, mx = per_channel(t)
         if per_batch:
             return (mn, mx), (mn.amin().reshape(1), mx.amax().reshape(1))

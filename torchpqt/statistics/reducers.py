@@ -35,7 +35,7 @@ _TOPK_BLOCK = 16
 _SHORT_ROW = 256
 _LONG_ROW = 1 << 16
 _MAX_LOOP = 64
-# Up to this many elements a mean is accumulated in float64 (see _mean).
+# Up to this many elements a mean is accumulated in float64 (see _mean_fn).
 _MEAN_FLOAT64_MAX = 1 << 16
 
 
