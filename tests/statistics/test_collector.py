@@ -142,11 +142,15 @@ def _reference(specs, batches, inplace=False):
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_block_folding_is_bitwise_the_batch_by_batch_result(inplace, batch) -> None:
-    """150 batches (more than two folding blocks), a short last batch, abs_max kept as its min/max pair until
-    the block is folded: every statistic equals the batch-by-batch computation exactly."""
+    """150 batches (more than two folding blocks), a short last batch, abs_max kept as its min/max pair, a
+    one-value statistic 0-d, a mean undivided and a quantile as its rows' extremes until the block is folded:
+    every statistic equals the batch-by-batch computation exactly."""
     specs = [StatSpec("min", "min", "mean", "pertensor"), StatSpec("max", "abs_max", "mean", "pertensor"),
              StatSpec("max", "abs_max", "max", "perchannel"), StatSpec("min", "min", "min", "perchannel"),
-             StatSpec("max", "mean", "mean", "perchannel"), StatSpec("max", "max", "median", "pertensor")]
+             StatSpec("max", "mean", "mean", "perchannel"), StatSpec("max", "max", "median", "pertensor"),
+             StatSpec("min", "mean", "median", "pertensor"),
+             StatSpec("min", "quantile", "mean", "perchannel", outlier_prob=1e-3),
+             StatSpec("max", "abs_quantile", "median", "pertensor", outlier_prob=0.01)]
     g = torch.Generator().manual_seed(3)
     sizes = [batch] * 149 + [1]
     batches = [torch.randn(b, 3, 5, 4, generator=g) * (1 + i % 7) for i, b in enumerate(sizes)]

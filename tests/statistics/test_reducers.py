@@ -240,3 +240,44 @@ def test_one_aminmax_per_sample_gives_the_rows_extremes() -> None:
     assert torch.equal(mn, x.view(shape).amin(-1)) and torch.equal(mx, x.view(shape).amax(-1))
     tuned = minmax_fn(x, "pertensor", tune=True)(x)  # whichever route was faster here
     assert torch.equal(tuned[0], mn) and torch.equal(tuned[1], mx)
+
+
+@pytest.mark.parametrize("stat_type, granularity, q, per_batch, shape", [
+    ("mean", "perchannel", None, False, (1, 6, 5, 5)),  # summed in float64
+    ("mean", "perchannel", None, False, (2, 4, 130, 130)),  # summed in float32, divided in float64
+    ("mean", "pertensor", None, True, (3, 4, 5)),  # one value per batch: [1]
+    ("mean", "pertensor", None, False, (1, 7)),
+    ("quantile", "perchannel", 1e-4, False, (2, 5, 7, 7)),  # the 2 smallest per row
+    ("quantile", "perchannel", 0.9999, False, (1, 3, 120, 110)),  # 3 largest of 13200
+    ("abs_quantile", "pertensor", 0.999, False, (2, 3, 10, 20)),
+    ("quantile", "pertensor", 0.25, False, (2, 40)),  # many order statistics: not deferred
+])
+def test_deferred_parts_give_the_stacked_batch_values(stat_type, granularity, q, per_batch, shape) -> None:
+    """reduce_parts: the per-batch part of each batch, stacked, then finished once, is bit for bit the stack of
+    reduce_fn's values (the calibration hot path defers a mean's division and a quantile's interpolation)."""
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(*shape, generator=g) * (i + 1) + 0.3 for i in range(5)]
+    batches[2].view(-1)[:3] = 0.0  # ties
+    fn, finish = reducers.reduce_parts(batches[0], stat_type, granularity, q=q, per_batch=per_batch)
+    want = torch.stack([reduce(b, stat_type, granularity, q=q, per_batch=per_batch) for b in batches])
+    parts = torch.stack([fn(b) for b in batches])
+    got = parts if finish is None else finish(parts)
+    assert (finish is None) == (q == 0.25)
+    assert got.dtype == want.dtype == torch.float64 and got.shape == want.shape
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape, granularity, per_batch, scalar", [
+    ((1, 3, 4, 4), "pertensor", False, True), ((2, 3, 4, 4), "pertensor", True, True), ((5,), "pertensor", False, True),
+    ((2, 3, 4, 4), "pertensor", False, False), ((1, 3, 4, 4), "perchannel", False, False),
+])
+def test_scalar_extremes_where_there_is_one_value(shape, granularity, per_batch, scalar) -> None:
+    """minmax_fn(scalar=True) gives 0-d extremes exactly where the result is one value (one_per_batch), equal to
+    minmax's [1]-shaped ones; elsewhere the same shapes as minmax. Also for a strided tensor and a large one."""
+    for x in (torch.randn(*shape), torch.randn(*shape[::-1]).permute(*range(len(shape) - 1, -1, -1)),
+              torch.randn(*shape).repeat_interleave(30000, dim=-1)):
+        assert reducers.one_per_batch(x, granularity, per_batch) == scalar
+        mn, mx = minmax_fn(x, granularity, per_batch=per_batch, scalar=True)(x)
+        ref_mn, ref_mx = reducers.minmax(x, granularity, per_batch=per_batch)
+        assert mn.shape == (() if scalar else ref_mn.shape)
+        assert torch.equal(mn.reshape(ref_mn.shape), ref_mn) and torch.equal(mx.reshape(ref_mx.shape), ref_mx)

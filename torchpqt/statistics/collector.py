@@ -18,7 +18,16 @@ import torch
 from ..errors import ConfigError, TorchPQTError
 from .aggregators import Aggregator, make_aggregator
 from .estimators import StatSpec, statistic_key
-from .reducers import MinMaxFn, check_statistic, minmax, minmax_fn, reduce, reduce_fn
+from .reducers import (
+    Finish,
+    MinMaxFn,
+    check_statistic,
+    minmax,
+    minmax_fn,
+    one_per_batch,
+    reduce,
+    reduce_parts,
+)
 
 __all__ = ["TensorStatistics"]
 
@@ -71,6 +80,7 @@ class TensorStatistics:
         # pending batches (counted from the last fold) where a run of equal-shape values ends: a new input signature
         self._breaks: list[int] = []
         self._signature: object = None  # the plan, or the value shapes of the last fed batch
+        self._run_signatures: list[object] = []  # each pending run's signature (one more than _breaks)
         self._other_keys: list[tuple] = []
         for key in self._by_reducer:
             stat_type, q, granularity = key
@@ -125,6 +135,11 @@ class TensorStatistics:
             pending = self.num_batches - self._checked
             if pending and (not self._breaks or self._breaks[-1] != pending):
                 self._breaks.append(pending)
+                self._run_signatures.append(signature)
+            elif self._run_signatures:  # no value came with the last signature: the run starts with this one
+                self._run_signatures[-1] = signature
+            else:
+                self._run_signatures.append(signature)
             self._signature = signature
 
     def _update_recording(self, x: torch.Tensor) -> None:
@@ -166,7 +181,8 @@ class TensorStatistics:
         for reducer_key, agg_keys in self._by_reducer.items():
             pending = self._pending[reducer_key]
             flags = []
-            for stacked in _runs(pending, self._breaks):
+            finishers = [s.finish.get(reducer_key) if isinstance(s, _Plan) else None for s in self._run_signatures]
+            for stacked in _runs(pending, self._breaks, finishers):
                 flags.append(_nonfinite_rows(stacked))
                 for agg_key in agg_keys:
                     self._aggregators[agg_key].update_stacked(stacked)
@@ -174,6 +190,7 @@ class TensorStatistics:
             bad = flag if bad is None else bad | flag
             pending.clear()
         self._breaks.clear()
+        self._run_signatures.clear()
         self._signature = None  # the next batch starts a run: nothing is pending
         if bad is not None:
             here = torch.where(bad.any(), bad.to(torch.uint8).argmax() + self._checked, -1)  # argmax: the first
@@ -234,17 +251,18 @@ def _stack(chunk: list[torch.Tensor]) -> torch.Tensor:
     return chunk[0][None] if len(chunk) == 1 else torch.stack(chunk)
 
 
-def _runs(values: list, breaks: list[int]) -> list[torch.Tensor]:
+def _runs(values: list, breaks: list[int], finishers: list[Finish | None]) -> list[torch.Tensor]:
     """``values`` (one tensor per batch, or an abs_max's ``(min, max)`` pair) stacked into runs in order: a run ends
     at each of ``breaks`` (where the input signature changed, see :meth:`TensorStatistics._mark_run`), so its values
-    share one shape."""
+    share one shape; a run's finisher (its plan's, see :class:`_Plan`) completes its stacked values."""
     runs = []
-    for start, stop in zip([0, *breaks], [*breaks, len(values)]):
+    for start, stop, finish in zip([0, *breaks], [*breaks, len(values)], finishers, strict=True):
         chunk = values[start:stop]
         if isinstance(chunk[0], tuple):
-            runs.append(torch.maximum(-_stack([v[0] for v in chunk]), _stack([v[1] for v in chunk])))
+            stacked = torch.maximum(-_stack([v[0] for v in chunk]), _stack([v[1] for v in chunk]))
         else:
-            runs.append(_stack(chunk))
+            stacked = _stack(chunk)
+        runs.append(stacked if finish is None else finish(stacked))
     return runs
 
 
@@ -252,25 +270,40 @@ class _Plan:
     """The reductions of one input signature (shape, dtype, device, contiguity) with every decision taken: per
     batch the hot path only calls them and appends. Where a tensor wants per-channel and per-tensor extremes, the
     per-tensor ones are the extremes of the per-channel ones (exact: no rounding in a min or max), so the tensor
-    is read twice, not four times."""
+    is read twice, not four times. What can wait for the block is left to ``finish`` (reducer key -> its
+    finisher, applied to the stacked values of a run): a mean's division, and the ``[1]`` shape of a per-tensor
+    value of a one-sample batch (kept 0-d per batch): one call per block instead of up to three per batch."""
 
-    __slots__ = ("contiguous", "device", "dtype", "minmax", "other", "shape")
+    __slots__ = ("contiguous", "device", "dtype", "finish", "minmax", "other", "shape")
 
     def __init__(self, x: torch.Tensor, minmax_keys: dict[str, list[tuple]], other_keys: list[tuple],
                  pending: dict[tuple, list], channel_axis: int, inplace: bool) -> None:
         self.shape, self.dtype, self.device, self.contiguous = x.shape, x.dtype, x.device, x.is_contiguous()
         targets = {g: [(pending[k].append, _SIDES[k[0]]) for k in keys] for g, keys in minmax_keys.items()}
+        self.finish: dict[tuple, Finish] = {}
         if len(targets) == 2 and x.ndim >= 3 and channel_axis % x.ndim:  # per-channel values are [B, C]
             per_channel = minmax_fn(x, "perchannel", channel_axis=channel_axis, tune=True)
             self.minmax = [(_with_per_tensor(per_channel, inplace), [targets["perchannel"], targets["pertensor"]])]
         else:
-            self.minmax = [(_single(minmax_fn(x, g, channel_axis=channel_axis, per_batch=inplace, tune=True)),
-                            [targets[g]]) for g in targets]
-        self.other = [(reduce_fn(x, k[0], k[2], q=k[1], channel_axis=channel_axis, per_batch=inplace),
-                       pending[k].append) for k in other_keys]
+            self.minmax = [(_single(minmax_fn(x, g, channel_axis=channel_axis, per_batch=inplace, tune=True,
+                                              scalar=True)), [targets[g]]) for g in targets]
+            for g, keys in minmax_keys.items():
+                if one_per_batch(x, g, inplace):  # minmax_fn gave 0-d values
+                    self.finish.update(dict.fromkeys(keys, _column))
+        self.other = []
+        for k in other_keys:
+            fn, finish = reduce_parts(x, k[0], k[2], q=k[1], channel_axis=channel_axis, per_batch=inplace)
+            self.other.append((fn, pending[k].append))
+            if finish is not None:
+                self.finish[k] = finish
 
 
 _SIDES = {"min": 0, "max": 1, "abs_max": 2}
+
+
+def _column(stacked: torch.Tensor) -> torch.Tensor:
+    """Stacked 0-d values ``[K]`` as the stack of ``[1]``-shaped ones, ``[K, 1]``."""
+    return stacked.reshape(stacked.shape[0], 1)
 
 
 _Groups = Callable[[torch.Tensor], tuple[tuple[torch.Tensor, torch.Tensor], ...]]  # one (min, max) per granularity

@@ -20,7 +20,8 @@ import torch
 from ..constants import GRANULARITIES, QUANTILE_TYPES, STAT_TYPES
 from ..errors import ConfigError
 
-__all__ = ["check_statistic", "minmax", "minmax_fn", "reduce", "reduce_fn", "weight_stat"]
+__all__ = ["check_statistic", "minmax", "minmax_fn", "one_per_batch", "reduce", "reduce_fn", "reduce_parts",
+           "weight_stat"]
 
 # Above this many order statistics a partial sort (topk) loses to two selections (kthvalue).
 _TOPK_MAX = 1024
@@ -35,7 +36,10 @@ _TOPK_BLOCK = 16
 _SHORT_ROW = 256
 _LONG_ROW = 1 << 16
 _MAX_LOOP = 64
-# Up to this many elements a mean is accumulated in float64 (see _mean_fn).
+# A quantile keeps up to this many extreme values per row and batch until its block is folded (see
+# _quantile_parts): at most twice the bytes of its float64 result.
+_DEFERRED_EXTREMES = 4
+# Up to this many elements a mean is accumulated in float64 (see _mean_parts).
 _MEAN_FLOAT64_MAX = 1 << 16
 
 
@@ -82,6 +86,14 @@ def _rows(x: torch.Tensor, granularity: str, channel_axis: int, per_batch: bool)
 
 MinMaxFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
+#: Applied once to many batches' values stacked on a new first axis (see :func:`reduce_parts`).
+Finish = Callable[[torch.Tensor], torch.Tensor]
+
+
+def one_per_batch(x: torch.Tensor, granularity: str, per_batch: bool) -> bool:
+    """Whether a statistic of ``x`` is one value per call (shape ``[1]``): per tensor, over a batch of one sample,
+    a rank < 2 tensor or per batch (``inplace_statistics``)."""
+    return granularity == "pertensor" and (per_batch or x.ndim < 2 or x.shape[0] == 1)
 
 
 def minmax(
@@ -95,12 +107,15 @@ def minmax(
 
 
 def minmax_fn(x: torch.Tensor, granularity: str, *, channel_axis: int = 1, per_batch: bool = False,
-              tune: bool = False) -> MinMaxFn:
+              tune: bool = False, scalar: bool = False) -> MinMaxFn:
     """:func:`minmax` specialized to tensors of ``x``'s shape, dtype and contiguity (the calibration hot path
     decides once per such signature and then runs only the reductions). Call it under no_grad.
 
     ``tune``: where two ways give the same values, time both on ``x`` and keep the faster (see
-    :func:`_faster`)."""
+    :func:`_faster`). ``scalar``: where the result is one value (:func:`one_per_batch`), return it 0-d rather than
+    shape ``[1]`` (two calls fewer per batch for a caller that stacks the values and reshapes them once)."""
+    if scalar and not one_per_batch(x, granularity, per_batch):
+        scalar = False
     dtype = _out_dtype(x)
     dims = _reduced_dims(x, granularity, channel_axis, per_batch)
     cast = x.dtype != dtype
@@ -110,13 +125,13 @@ def minmax_fn(x: torch.Tensor, granularity: str, *, channel_axis: int = 1, per_b
             return v, v
         return same
     if x.is_contiguous() and (granularity == "pertensor" or channel_axis % x.ndim == 1):
-        fn = _rows_minmax(x, _rows(x, granularity, channel_axis, per_batch).shape, tune)
+        fn = _rows_minmax(x, _rows(x, granularity, channel_axis, per_batch).shape, tune, scalar)
     else:
-        flat = granularity == "pertensor"
+        flat = (() if scalar else (-1,)) if granularity == "pertensor" else None
 
         def strided(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             mn, mx = t.amin(dim=dims), t.amax(dim=dims)  # two passes, still no copy of t
-            return (mn.reshape(-1), mx.reshape(-1)) if flat else (mn, mx)
+            return (mn.reshape(flat), mx.reshape(flat)) if flat is not None else (mn, mx)
         fn = strided
     if not cast:
         return fn
@@ -127,13 +142,19 @@ def minmax_fn(x: torch.Tensor, granularity: str, *, channel_axis: int = 1, per_b
     return promoted
 
 
-def _rows_minmax(x: torch.Tensor, shape: torch.Size, tune: bool) -> MinMaxFn:
-    """Extremes over the last axis of the contiguous ``x`` viewed as ``shape`` (its rows: no copy)."""
+def _rows_minmax(x: torch.Tensor, shape: torch.Size, tune: bool, scalar: bool) -> MinMaxFn:
+    """Extremes over the last axis of the contiguous ``x`` viewed as ``shape`` (its rows: no copy); 0-d for one
+    row with ``scalar``."""
     if len(shape) == 2 and shape[0] == 1:  # one row: full reductions are the cheapest calls
         if x.numel() <= _SMALL:
+            if scalar:
+                return lambda t: (t.amin(), t.amax())
+
             def whole(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 return t.amin().reshape(1), t.amax().reshape(1)
             return whole
+        if scalar:
+            return torch.aminmax
 
         def one_pass(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             mn, mx = torch.aminmax(t)
@@ -226,43 +247,69 @@ def _extremes(rows: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     return torch.topk(candidates, k, dim=-1, largest=largest, sorted=True).values
 
 
+def _quantile_index(n: int, q: float) -> tuple[int, int, float]:
+    """NumPy's 'linear' quantile of ``n`` values: it lies between the order statistics ``lo`` and ``hi``
+    (0-based), at ``gamma`` from ``lo``."""
+    idx = (n - 1) * float(q)  # numpy's virtual index for 'linear'
+    lo = min(max(math.floor(idx), 0), n - 1)
+    return lo, min(lo + 1, n - 1), idx - lo
+
+
+def _few_extremes(n: int, lo: int, hi: int) -> tuple[int, bool, int, int] | None:
+    """Where order statistics ``lo`` and ``hi`` of ``n`` are among a row's few extremes: ``(k, largest, ia, ib)``,
+    they are entries ``ia`` and ``ib`` of the row's ``k`` smallest (ascending) or largest (descending) values;
+    None where a selection is cheaper (more than :data:`_TOPK_MAX` values)."""
+    if min(hi + 1, n - lo) > _TOPK_MAX:
+        return None
+    if hi + 1 <= n - lo:  # low quantile: the hi+1 smallest, ascending
+        return hi + 1, False, lo, hi
+    return n - lo, True, n - 1 - lo, n - 1 - hi  # high quantile: the n-lo largest, descending
+
+
+def _interpolate(a: torch.Tensor, b: torch.Tensor, gamma: float) -> torch.Tensor:
+    a64 = a.to(torch.float64) if a.device.type != "mps" else a.cpu().to(torch.float64)
+    return _lerp(a64, b.to(a64.device, torch.float64), gamma)
+
+
 def _quantile_last(rows: torch.Tensor, q: float) -> torch.Tensor:
     """np.quantile(rows, q, axis=-1) with method='linear', computed in float64."""
     n = rows.shape[-1]
-    idx = (n - 1) * float(q)  # numpy's virtual index for 'linear'
-    lo = min(max(math.floor(idx), 0), n - 1)
-    hi = min(lo + 1, n - 1)
-    gamma = idx - lo
-    if min(hi + 1, n - lo) <= _TOPK_MAX:
-        if hi + 1 <= n - lo:  # low quantile: the hi+1 smallest, ascending
-            vals = _extremes(rows, hi + 1, largest=False)
-            a, b = vals[..., lo], vals[..., hi]
-        else:  # high quantile: the n-lo largest, descending
-            vals = _extremes(rows, n - lo, largest=True)
-            a, b = vals[..., n - 1 - lo], vals[..., n - 1 - hi]
+    lo, hi, gamma = _quantile_index(n, q)
+    few = _few_extremes(n, lo, hi)
+    if few is not None:
+        k, largest, ia, ib = few
+        vals = _extremes(rows, k, largest=largest)
+        a, b = vals[..., ia], vals[..., ib]
     else:
         a = torch.kthvalue(rows, lo + 1, dim=-1).values
         b = a if hi == lo else _next_order_stat(rows, a, hi)
-    a64 = a.to(torch.float64) if rows.device.type != "mps" else a.cpu().to(torch.float64)
-    b64 = b.to(a64.device, torch.float64)
-    return _lerp(a64, b64, gamma)
+    return _interpolate(a, b, gamma)
 
 
-def _mean_fn(x: torch.Tensor, dims: tuple[int, ...], keep_one: bool) -> ReduceFn:
-    """Mean over ``dims`` in one reduction, divided in float64, without a copy of ``x`` (a channel-last tensor is
-    reduced along its strided axes directly). Up to :data:`_MEAN_FLOAT64_MAX` elements the sum is accumulated
-    in float64 (a near-zero channel mean keeps POT's golden digits); beyond, in float32 with torch's cascade
-    summation (measured error <= 1e-7 of the values' magnitude on 50k-20M element activations, where a float64
-    reduction of contiguous float32 data costs 9-28x more). Specialized to ``x``'s shape and dtype."""
+def _mean_parts(x: torch.Tensor, dims: tuple[int, ...], keep_one: bool) -> tuple[ReduceFn, Finish]:
+    """Mean over ``dims`` as a sum per batch and a division once for many batches (see :func:`reduce_parts`): one
+    reduction without a copy of ``x`` (a channel-last tensor is reduced along its strided axes directly), divided
+    in float64. Up to :data:`_MEAN_FLOAT64_MAX` elements the sum is accumulated in float64 (a near-zero channel
+    mean keeps POT's golden digits); beyond, in float32 with torch's cascade summation (measured error <= 1e-7 of
+    the values' magnitude on 50k-20M element activations, where a float64 reduction of contiguous float32 data
+    costs 9-28x more). Specialized to ``x``'s shape and dtype."""
     exact = x.dtype == torch.float64 or x.numel() <= _MEAN_FLOAT64_MAX
     acc = torch.float64 if exact else torch.float32
     n = math.prod(x.shape[d] for d in dims)
 
-    def mean(t: torch.Tensor) -> torch.Tensor:
-        total = t.sum(dim=dims, dtype=acc)
-        out = (total if exact else total.to(torch.float64)) / n
-        return out.reshape(1) if keep_one else out
-    return mean
+    def total(t: torch.Tensor) -> torch.Tensor:
+        return t.sum(dim=dims, dtype=acc)
+
+    def divide(totals: torch.Tensor) -> torch.Tensor:  # elementwise: the same values batch by batch or stacked
+        out = (totals if exact else totals.to(torch.float64)) / n
+        return out.reshape(out.shape[0], 1) if keep_one else out
+    return total, divide
+
+
+def _mean_fn(x: torch.Tensor, dims: tuple[int, ...], keep_one: bool) -> ReduceFn:
+    """The mean of :func:`_mean_parts` batch by batch."""
+    total, divide = _mean_parts(x, dims, keep_one)
+    return lambda t: divide(total(t)[None])[0]
 
 
 def reduce(
@@ -325,6 +372,44 @@ def reduce_fn(x: torch.Tensor, stat_type: str, granularity: str, *, q: float | N
     if stat_type == "mean":
         return _mean_fn(x, dims, keep_one=len(dims) == x.ndim)
     return functools.partial(_quantile, granularity=granularity, channel_axis=channel_axis, q=q, is_abs=is_abs)
+
+
+def reduce_parts(x: torch.Tensor, stat_type: str, granularity: str, *, q: float | None = None,
+                 channel_axis: int = 1, per_batch: bool = False) -> tuple[ReduceFn, Finish | None]:
+    """:func:`reduce_fn` for a caller that stacks many batches' values (the calibration hot path): ``fn`` per
+    batch, then ``finish`` once on the values stacked on a new first axis gives the stack of :func:`reduce_fn`'s
+    values, bit for bit. A mean's float64 division by its element count moves to ``finish`` (elementwise, so the
+    same values; one call per block instead of one per batch); ``finish`` is None for the other statistics."""
+    if stat_type == "mean":
+        dims = _reduced_dims(x, granularity, channel_axis, per_batch)
+        if dims is not None:
+            return _mean_parts(x, dims, keep_one=len(dims) == x.ndim)
+    elif stat_type in QUANTILE_TYPES and _reduced_dims(x, granularity, channel_axis, False) is not None:
+        parts = _quantile_parts(x, granularity, channel_axis, q, stat_type == "abs_quantile")
+        if parts is not None:
+            return parts
+    return reduce_fn(x, stat_type, granularity, q=q, channel_axis=channel_axis, per_batch=per_batch), None
+
+
+def _quantile_parts(x: torch.Tensor, granularity: str, channel_axis: int, q: float, is_abs: bool
+                    ) -> tuple[ReduceFn, Finish] | None:
+    """A quantile as each row's few extreme values per batch (:func:`_extremes`) and, once for the stacked
+    batches, the pick of its two order statistics and their float64 interpolation (elementwise: the same values);
+    None where that keeps more than :data:`_DEFERRED_EXTREMES` values per row (pending memory)."""
+    n = _rows(x, granularity, channel_axis, False).shape[-1]
+    lo, hi, gamma = _quantile_index(n, q)
+    few = _few_extremes(n, lo, hi)
+    if few is None or few[0] > _DEFERRED_EXTREMES:
+        return None
+    k, largest, ia, ib = few
+
+    def extremes(t: torch.Tensor) -> torch.Tensor:
+        rows = _rows(t, granularity, channel_axis, False)
+        return _extremes(rows.abs() if is_abs else rows, k, largest=largest)
+
+    def interpolate(stacked: torch.Tensor) -> torch.Tensor:
+        return _interpolate(stacked[..., ia], stacked[..., ib], gamma)
+    return extremes, interpolate
 
 
 def _quantile(t: torch.Tensor, *, granularity: str, channel_axis: int, q: float, is_abs: bool) -> torch.Tensor:
