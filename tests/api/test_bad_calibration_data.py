@@ -229,3 +229,17 @@ def test_first_sample_of_the_wrong_shape_is_a_capture_error_with_its_shape():
 
 def test_calibration_error_is_a_torchpqt_error():
     assert issubclass(CalibrationError, TorchPQTError)
+
+
+@pytest.mark.parametrize("values, finite", [
+    ([1.0, 2.0], True), ([3e38, 3e38], True),  # a sum that overflows: checked value by value
+    ([float("nan"), 1.0], False), ([float("inf"), 1.0], False), ([float("inf"), -float("inf")], False),
+    ([-float("inf"), 0.0], False)])
+def test_the_finite_input_check_is_exact(values, finite):
+    """The calibration's input check (a finite sum proves every value finite; otherwise look at the values) says
+    exactly whether an input holds NaN or Inf, also where finite values overflow the sum."""
+    from torchpqt.calibration import _all_finite
+
+    x = torch.tensor(values * 1000, dtype=torch.float32)
+    assert _all_finite(x) is finite
+    assert _all_finite(x.to(torch.float16)) is bool(torch.isfinite(x.to(torch.float16)).all())
