@@ -234,7 +234,7 @@ def main() -> None:
             for what, runs in times.items():
                 runs.append(step(name, what, args.samples, args.batch, built, clock))
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"seconds": med, **{f"{k}/fp32": med[k] / med["fp32"] for k in times if k != "fp32"},
+        row = {"seconds": med, "runs": times, **{f"{k}/fp32": med[k] / med["fp32"] for k in times if k != "fp32"},
                "observers_ms_per_sample": (med["calibrate"] - med["graph"]) / args.samples * 1e3,
                "passes": torchpqt.prepare(built[0], _batches(built[1][:1], 1)[0],
                                           _config(args.samples, args.batch)).torchpqt_schedule.passes}
