@@ -13,7 +13,9 @@ For each model, over the same calibration samples and batch size:
   * ``capture``: ``torchpqt.prepare()`` alone (torch.export and the graph passes),
   * ``quantize``: the whole ``torchpqt.quantize()`` call (capture + every calibration pass + convert).
 Times are medians of ``--repeat`` interleaved runs in one process, in this process's CPU time by default (one
-torch thread: other jobs on the same cores then slow no step more than another); the ratios are what we report.
+torch thread: other jobs on the same cores then slow no step more than another); the ratios are what we report,
+as the ratio of the medians and as the median of each repeat's own ratios (steps next to their fp32 step in time,
+less exposed to a machine whose speed drifts over minutes).
 Peak memory is the resident-set high-water mark a step adds on top of the built model and data, measured
 in a fresh subprocess per step (Linux /proc); ``benchmarks/memory.py`` measures large-activation models.
 
@@ -234,7 +236,12 @@ def main() -> None:
             for what, runs in times.items():
                 runs.append(step(name, what, args.samples, args.batch, built, clock))
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"seconds": med, "runs": times, **{f"{k}/fp32": med[k] / med["fp32"] for k in times if k != "fp32"},
+        # each repeat's steps run within a minute of its fp32 step: the median of the per-repeat ratios is less
+        # exposed to a machine whose speed drifts over minutes than the ratio of the medians
+        paired = {k: statistics.median(t / f for t, f in zip(v, times["fp32"], strict=True))
+                  for k, v in times.items() if k != "fp32"}
+        row = {"seconds": med, "runs": times, "paired_ratios": paired,
+               **{f"{k}/fp32": med[k] / med["fp32"] for k in times if k != "fp32"},
                "observers_ms_per_sample": (med["calibrate"] - med["graph"]) / args.samples * 1e3,
                "passes": torchpqt.prepare(built[0], _batches(built[1][:1], 1)[0],
                                           _config(args.samples, args.batch)).torchpqt_schedule.passes}
@@ -245,6 +252,7 @@ def main() -> None:
         print(f"{name}: fp32 {med['fp32']:.2f}s  " + "  ".join(
             f"{k} {med[k]:.2f}s ({row[k + '/fp32']:.2f}x)" for k in times if k != "fp32")
             + f"  observers {row['observers_ms_per_sample']:.2f} ms/sample  passes {row['passes']}"
+            + "\n  median of per-repeat ratios: " + "  ".join(f"{k} {v:.2f}x" for k, v in paired.items())
             + (f"  peak RSS MiB {row['peak_rss_mib']}" if "peak_rss_mib" in row else ""), flush=True)
     print(json.dumps({"samples": args.samples, "batch": args.batch, "alignment_pass": args.alignment_pass, **report},
                      indent=1))
