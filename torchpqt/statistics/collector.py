@@ -271,8 +271,9 @@ class _Plan:
     batch the hot path only calls them and appends. Where a tensor wants per-channel and per-tensor extremes, the
     per-tensor ones are the extremes of the per-channel ones (exact: no rounding in a min or max), so the tensor
     is read twice, not four times. What can wait for the block is left to ``finish`` (reducer key -> its
-    finisher, applied to the stacked values of a run): a mean's division, and the ``[1]`` shape of a per-tensor
-    value of a one-sample batch (kept 0-d per batch): one call per block instead of up to three per batch."""
+    finisher, applied to the stacked values of a run): a mean's division, a quantile's interpolation, the ``[1]``
+    shape of a per-tensor value of a one-sample batch (kept 0-d per batch) and the reduction over channels of
+    per-tensor extremes taken from per-channel ones: one call per block instead of up to three per batch."""
 
     __slots__ = ("contiguous", "device", "dtype", "finish", "minmax", "other", "shape")
 
@@ -283,7 +284,9 @@ class _Plan:
         self.finish: dict[tuple, Finish] = {}
         if len(targets) == 2 and x.ndim >= 3 and channel_axis % x.ndim:  # per-channel values are [B, C]
             per_channel = minmax_fn(x, "perchannel", channel_axis=channel_axis, tune=True)
-            self.minmax = [(_with_per_tensor(per_channel, inplace), [targets["perchannel"], targets["pertensor"]])]
+            self.minmax = [(_twice(per_channel), [targets["perchannel"], targets["pertensor"]])]
+            for key in minmax_keys["pertensor"]:  # the per-tensor values: the per-channel ones, reduced at the fold
+                self.finish[key] = _over_channels(key[0] == "min", inplace)
         else:
             self.minmax = [(_single(minmax_fn(x, g, channel_axis=channel_axis, per_batch=inplace, tune=True,
                                               scalar=True)), [targets[g]]) for g in targets]
@@ -313,12 +316,21 @@ def _single(fn: MinMaxFn) -> _Groups:
     return lambda t: (fn(t),)
 
 
-def _with_per_tensor(per_channel: MinMaxFn, per_batch: bool) -> _Groups:
-    """Per-channel extremes ``[B, C]`` and the per-tensor ones taken from them: per sample, or one per batch
-    (``inplace_statistics``)."""
+def _twice(per_channel: MinMaxFn) -> _Groups:
+    """Per-channel extremes ``[B, C]``, for the per-channel statistics and for the per-tensor ones (see
+    :func:`_over_channels`)."""
     def both(t: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        mn, mx = per_channel(t)
-        if per_batch:
-            return (mn, mx), (mn.amin().reshape(1), mx.amax().reshape(1))
-        return (mn, mx), (mn.amin(dim=1), mx.amax(dim=1))
+        pair = per_channel(t)
+        return pair, pair
     return both
+
+
+def _over_channels(lowest: bool, per_batch: bool) -> Finish:
+    """A per-tensor extreme from stacked per-channel ones ``[K, B, C]``: the extreme over the channels, per sample
+    ``[K, B]`` or, with ``inplace_statistics``, per batch ``[K, 1]``. A min or max of the same values: exact."""
+    dims = (1, 2) if per_batch else -1
+
+    def reduce(stacked: torch.Tensor) -> torch.Tensor:
+        out = stacked.amin(dim=dims) if lowest else stacked.amax(dim=dims)
+        return out.reshape(out.shape[0], 1) if per_batch else out
+    return reduce
