@@ -27,27 +27,55 @@ class Observer(torch.nn.Module):
 
     Calibration therefore runs the FP32 network, as POT did: every activation range is a
     statistic of the float model (spec §2, pass #2).
+
+    An observer with a ``source`` is not in the graph: another observer of the same tensor (the one computing their
+    shared statistics) sees every batch for it, and its rank and batch shapes are that observer's (see
+    :func:`instrument`).
     """
 
-    def __init__(self, name: str, stats: TensorStatistics, record_shapes: bool = False, computes: bool = True):
+    def __init__(self, name: str, stats: TensorStatistics, record_shapes: bool = False, computes: bool = True,
+                 source: Observer | None = None):
         super().__init__()
         self.point_name = name
         self.stats = stats
         #: False: another observer of the same tensor updates the shared ``stats`` (see :func:`instrument`)
         self.computes = computes
-        self.ndim: int | None = None
-        self.channels: int | None = None
-        self.shapes: list[tuple[int, ...]] | None = [] if record_shapes else None
+        self._ndim: int | None = None
+        self._channels: int | None = None
+        self._shapes: list[tuple[int, ...]] | None = [] if record_shapes else None
+        self._wants_shapes = record_shapes
+        self.__dict__["_source"] = source  # a plain reference, not a submodule
+        if source is not None and record_shapes and source._shapes is None:
+            source._shapes = []  # the source records the shapes for this observer too
+
+    @property
+    def source(self) -> Observer | None:
+        return self.__dict__["_source"]
+
+    @property
+    def ndim(self) -> int | None:
+        return self._ndim if self.source is None else self.source.ndim
+
+    @property
+    def channels(self) -> int | None:
+        return self._channels if self.source is None else self.source.channels
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]] | None:
+        """The batch shapes, where this observer's request asked for them (:class:`StatisticRequest`)."""
+        if not self._wants_shapes:
+            return None
+        return self._shapes if self.source is None else self.source._shapes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and not torch.compiler.is_compiling():
             if self.computes:
                 self.stats.update(x)
-            if self.shapes is not None:
-                self.shapes.append(tuple(x.shape))
-            if self.ndim is None:  # nn.Module attribute writes are slow: once is enough
-                self.ndim = x.dim()
-                self.channels = x.shape[1] if x.dim() > 1 else None
+            if self._shapes is not None:
+                self._shapes.append(tuple(x.shape))
+            if self._ndim is None:  # nn.Module attribute writes are slow: once is enough
+                self._ndim = x.dim()
+                self._channels = x.shape[1] if x.dim() > 1 else None
         return x
 
     def extra_repr(self) -> str:
@@ -132,13 +160,20 @@ def instrument(gm: fx.GraphModule, requests: Sequence[StatisticRequest], *, pass
         if record:
             stats.records = {}
         shared[key] = stats
+    computing: dict[tuple, Observer] = {}
     for r in requests:
         quiet = r.point in passive
         key = (r.tensor, r.channel_axis, r.inplace)
         stats = TensorStatistics((), channel_axis=r.channel_axis, inplace=r.inplace) if quiet else shared[key]
         computes = not quiet and groups[key][0] is r  # a passive point's statistics come from elsewhere
-        gm.add_submodule(r.module_name, Observer(r.point, stats, record_shapes=r.shapes and not quiet,
-                                                 computes=computes))
+        # a probe on a tensor whose statistics another observer computes needs no call of its own per batch
+        source = computing[key] if not (quiet or computes or r.consumers) else None
+        obs = Observer(r.point, stats, record_shapes=r.shapes and not quiet, computes=computes, source=source)
+        gm.add_submodule(r.module_name, obs)
+        if computes:
+            computing[key] = obs
+        if source is not None:
+            continue
         tensor = nodes[r.tensor]
         if r.consumers:
             insert_inline(gm, r.module_name, tensor, edges_of(nodes, r.tensor, r.consumers), order)

@@ -55,3 +55,30 @@ def test_one_mean_reduction_per_watched_tensor():
     first, second = [r for r in means if (r.tensor, r.channel_axis) == shared][:2]
     key = next(s.statistic_key for s in first.specs if s.type == "mean")
     assert torch.equal(store[(first.point, key)]["batch_values"], store[(second.point, key)]["batch_values"])
+
+
+def test_a_probe_sharing_a_tensor_is_not_called_and_still_gets_its_shapes():
+    """A probe whose statistics another observer of the same tensor computes is not put in the graph (no call per
+    batch); its batch shapes and rank come from that observer, so bias correction still reads every batch's shape."""
+    from torchpqt.observer import SHAPES, Observer
+
+    data = [torch.randn(b, 5, 16) for b in (1, 3, 2)]
+    prepared = torchpqt.prepare(QKV().eval(), data[0], {"stat_subset_size": 6, "stat_batch_size": 1})
+    observers = {name: m for name, m in prepared.named_modules() if isinstance(m, Observer)}
+    called = {n.target for n in prepared.graph.nodes if n.op == "call_module" and n.target in observers}
+    sourced = {name for name, m in observers.items() if m.source is not None}
+    assert sourced and not sourced & called  # the shared probes are not in the graph
+    assert {observers[name].source for name in sourced} <= {observers[name] for name in called}
+    with torch.no_grad():
+        for x in data:
+            prepared(x)
+    store = torchpqt.collect_statistics(prepared)
+    requests = prepared.torchpqt_schedule.stages[0].requests
+    with_shapes = [r for r in requests if r.shapes]
+    assert any(r.module_name in sourced for r in with_shapes)
+    for r in with_shapes:
+        assert store[(r.point, SHAPES)]["samples"].tolist() == [list(x.shape) for x in data]
+        assert store[(r.point, SHAPES)]["rank"] == 3
+    for r in requests:  # a point that asked for no shapes records none, even where a probe made its observer keep them
+        if not r.shapes:
+            assert (r.point, SHAPES) not in store
