@@ -309,7 +309,7 @@ def _forward(prepared, args: tuple, kwargs: dict, batch, n: int, first_sample: i
 
 
 def check_finite(prepared, batch, args: tuple, kwargs: dict, first_sample: int) -> None:
-    """One ``isfinite().all()`` per float input of the batch; on failure, name the sample and the input."""
+    """Every float input of the batch finite (see :func:`_all_finite`); on failure, name the sample and the input."""
     for name, x in named_inputs(prepared, args, kwargs):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or _all_finite(x):
             continue

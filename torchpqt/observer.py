@@ -41,7 +41,6 @@ class Observer(torch.nn.Module):
         #: False: another observer of the same tensor updates the shared ``stats`` (see :func:`instrument`)
         self.computes = computes
         self._ndim: int | None = None
-        self._channels: int | None = None
         self._shapes: list[tuple[int, ...]] | None = [] if record_shapes else None
         self._wants_shapes = record_shapes
         self.__dict__["_source"] = source  # a plain reference, not a submodule
@@ -55,10 +54,6 @@ class Observer(torch.nn.Module):
     @property
     def ndim(self) -> int | None:
         return self._ndim if self.source is None else self.source.ndim
-
-    @property
-    def channels(self) -> int | None:
-        return self._channels if self.source is None else self.source.channels
 
     @property
     def shapes(self) -> list[tuple[int, ...]] | None:
@@ -75,7 +70,6 @@ class Observer(torch.nn.Module):
                 self._shapes.append(tuple(x.shape))
             if self._ndim is None:  # nn.Module attribute writes are slow: once is enough
                 self._ndim = x.dim()
-                self._channels = x.shape[1] if x.dim() > 1 else None
         return x
 
     def extra_repr(self) -> str:

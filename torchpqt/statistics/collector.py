@@ -77,10 +77,10 @@ class TensorStatistics:
         self._pending: dict[tuple, list] = {k: [] for k in self._by_reducer}
         self._minmax_keys: dict[str, list[tuple]] = {}  # granularity -> its min/max/abs_max reducer keys
         self._plan: _Plan | None = None  # how the last batch's signature is reduced
-        # pending batches (counted from the last fold) where a run of equal-shape values ends: a new input signature
-        self._breaks: list[int] = []
-        self._signature: object = None  # the plan, or the value shapes of the last fed batch
-        self._run_signatures: list[object] = []  # each pending run's signature (one more than _breaks)
+        # the pending runs of equal-shape values: (first pending batch, counted from the last fold; its signature, the
+        # plan or the shapes of fed values); a new input signature starts a run
+        self._run_starts: list[tuple[int, object]] = []
+        self._signature: object = None  # the last run's signature (None: nothing pending)
         self._other_keys: list[tuple] = []
         for key in self._by_reducer:
             stat_type, q, granularity = key
@@ -132,14 +132,11 @@ class TensorStatistics:
         so far end a run (folded apart: another shape, or abs_max pairs after fed values). A plan compares by
         identity, fed values by their shapes."""
         if signature != self._signature:
-            pending = self.num_batches - self._checked
-            if pending and (not self._breaks or self._breaks[-1] != pending):
-                self._breaks.append(pending)
-                self._run_signatures.append(signature)
-            elif self._run_signatures:  # no value came with the last signature: the run starts with this one
-                self._run_signatures[-1] = signature
+            start = self.num_batches - self._checked
+            if self._run_starts and self._run_starts[-1][0] == start:  # no value came with the last signature
+                self._run_starts[-1] = (start, signature)
             else:
-                self._run_signatures.append(signature)
+                self._run_starts.append((start, signature))
             self._signature = signature
 
     def _update_recording(self, x: torch.Tensor) -> None:
@@ -181,16 +178,14 @@ class TensorStatistics:
         for reducer_key, agg_keys in self._by_reducer.items():
             pending = self._pending[reducer_key]
             flags = []
-            finishers = [s.finish.get(reducer_key) if isinstance(s, _Plan) else None for s in self._run_signatures]
-            for stacked in _runs(pending, self._breaks, finishers):
+            for stacked in _runs(pending, self._run_starts, reducer_key):
                 flags.append(_nonfinite_rows(stacked))
                 for agg_key in agg_keys:
                     self._aggregators[agg_key].update_stacked(stacked)
             flag = flags[0] if len(flags) == 1 else torch.cat(flags)
             bad = flag if bad is None else bad | flag
             pending.clear()
-        self._breaks.clear()
-        self._run_signatures.clear()
+        self._run_starts.clear()
         self._signature = None  # the next batch starts a run: nothing is pending
         if bad is not None:
             here = torch.where(bad.any(), bad.to(torch.uint8).argmax() + self._checked, -1)  # argmax: the first
@@ -251,12 +246,14 @@ def _stack(chunk: list[torch.Tensor]) -> torch.Tensor:
     return chunk[0][None] if len(chunk) == 1 else torch.stack(chunk)
 
 
-def _runs(values: list, breaks: list[int], finishers: list[Finish | None]) -> list[torch.Tensor]:
-    """``values`` (one tensor per batch, or an abs_max's ``(min, max)`` pair) stacked into runs in order: a run ends
-    at each of ``breaks`` (where the input signature changed, see :meth:`TensorStatistics._mark_run`), so its values
-    share one shape; a run's finisher (its plan's, see :class:`_Plan`) completes its stacked values."""
+def _runs(values: list, starts: list[tuple[int, object]], reducer_key: tuple) -> list[torch.Tensor]:
+    """``values`` of ``reducer_key`` (one tensor per batch, or an abs_max's ``(min, max)`` pair) stacked into runs in
+    order: each of ``starts`` begins a run (where the input signature changed, see
+    :meth:`TensorStatistics._mark_run`), so its values share one shape; the finisher of a run's plan (see
+    :class:`_Plan`) completes its stacked values."""
     runs = []
-    for start, stop, finish in zip([0, *breaks], [*breaks, len(values)], finishers, strict=True):
+    for (start, signature), stop in zip(starts, [s for s, _ in starts[1:]] + [len(values)], strict=True):
+        finish = signature.finish.get(reducer_key) if isinstance(signature, _Plan) else None
         chunk = values[start:stop]
         if isinstance(chunk[0], tuple):
             stacked = torch.maximum(-_stack([v[0] for v in chunk]), _stack([v[1] for v in chunk]))
@@ -330,7 +327,7 @@ def _over_channels(lowest: bool, per_batch: bool) -> Finish:
     ``[K, B]`` or, with ``inplace_statistics``, per batch ``[K, 1]``. A min or max of the same values: exact."""
     dims = (1, 2) if per_batch else -1
 
-    def reduce(stacked: torch.Tensor) -> torch.Tensor:
+    def extreme(stacked: torch.Tensor) -> torch.Tensor:
         out = stacked.amin(dim=dims) if lowest else stacked.amax(dim=dims)
         return out.reshape(out.shape[0], 1) if per_batch else out
-    return reduce
+    return extreme

@@ -146,20 +146,14 @@ def _rows_minmax(x: torch.Tensor, shape: torch.Size, tune: bool, scalar: bool) -
     """Extremes over the last axis of the contiguous ``x`` viewed as ``shape`` (its rows: no copy); 0-d for one
     row with ``scalar``."""
     if len(shape) == 2 and shape[0] == 1:  # one row: full reductions are the cheapest calls
-        if x.numel() <= _SMALL:
-            if scalar:
-                return lambda t: (t.amin(), t.amax())
-
-            def whole(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                return t.amin().reshape(1), t.amax().reshape(1)
-            return whole
+        whole: MinMaxFn = (lambda t: (t.amin(), t.amax())) if x.numel() <= _SMALL else torch.aminmax
         if scalar:
-            return torch.aminmax
+            return whole
 
-        def one_pass(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            mn, mx = torch.aminmax(t)
+        def shaped(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mn, mx = whole(t)
             return mn.reshape(1), mx.reshape(1)
-        return one_pass
+        return shaped
 
     def rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # amin + amax rather than aminmax(dim=-1): measured 10-20x faster on CPU with torch 2.13
@@ -378,8 +372,9 @@ def reduce_parts(x: torch.Tensor, stat_type: str, granularity: str, *, q: float 
                  channel_axis: int = 1, per_batch: bool = False) -> tuple[ReduceFn, Finish | None]:
     """:func:`reduce_fn` for a caller that stacks many batches' values (the calibration hot path): ``fn`` per
     batch, then ``finish`` once on the values stacked on a new first axis gives the stack of :func:`reduce_fn`'s
-    values, bit for bit. A mean's float64 division by its element count moves to ``finish`` (elementwise, so the
-    same values; one call per block instead of one per batch); ``finish`` is None for the other statistics."""
+    values, bit for bit. A mean's float64 division by its element count and a quantile's pick and interpolation of
+    its two order statistics move to ``finish`` (elementwise, so the same values; one call per block instead of
+    one per batch); ``finish`` is None where nothing is deferred."""
     if stat_type == "mean":
         dims = _reduced_dims(x, granularity, channel_axis, per_batch)
         if dims is not None:
