@@ -5,6 +5,7 @@ Imported by name in the spawned ranks (torch.multiprocessing passes the test's s
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import traceback
 
@@ -77,6 +78,9 @@ def run_case(name: str, data, *, distributed: bool | None = None) -> dict[str, t
 
 def worker(rank: int, world: int, init_file: str, out_dir: str, names: list[str], errors: bool = True) -> None:
     """One rank: quantize its shard of every case, save the parameters (or the error) to ``out_dir``."""
+    # a rank killed by a signal (a C++ abort) leaves its Python stacks in out_dir/fault.<rank>.txt
+    fault = open(os.path.join(out_dir, f"fault.{rank}.txt"), "w")  # noqa: SIM115 - open until the process ends
+    faulthandler.enable(fault, all_threads=True)
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

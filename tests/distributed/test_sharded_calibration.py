@@ -21,7 +21,8 @@ def _launch(tmp_path, names: list[str], errors: bool = True) -> None:
     try:
         mp.spawn(dist_cases.worker, args=(2, str(init), str(tmp_path), names, errors), nprocs=2, join=True)
     except Exception as exc:  # noqa: BLE001 - any spawn failure: show the ranks' tracebacks
-        crashes = [p.read_text() for p in tmp_path.glob("crash.*.txt")]
+        crashes = [p.read_text() for p in sorted(tmp_path.glob("crash.*.txt"))]
+        crashes += [f"{p.name}:\n{p.read_text()}" for p in sorted(tmp_path.glob("fault.*.txt")) if p.stat().st_size]
         # no crash file: the rank died before its handler ran (a signal); say how
         raise AssertionError("a rank crashed:\n" + ("\n".join(crashes) or f"{type(exc).__name__}: {exc}")) from None
 
