@@ -5,6 +5,7 @@ Imported by name in the spawned ranks (torch.multiprocessing passes the test's s
 
 from __future__ import annotations
 
+import datetime
 import faulthandler
 import os
 import traceback
@@ -82,7 +83,9 @@ def worker(rank: int, world: int, init_file: str, out_dir: str, names: list[str]
     fault = open(os.path.join(out_dir, f"fault.{rank}.txt"), "w")  # noqa: SIM115 - open until the process ends
     faulthandler.enable(fault, all_threads=True)
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # a rank stuck in a collective (its peer died) fails after 5 minutes instead of holding the test run
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                                         timeout=datetime.timedelta(minutes=5))
     try:
         for name in names:
             mine = shards(name)[rank]
