@@ -233,8 +233,19 @@ def _export_torchscript(model, args, kwargs, opset, dynamic_batch) -> onnx.Model
     dynamic_axes = {n: {0: "batch"} for n, a in zip(names, args)
                     if dynamic_batch and isinstance(a, torch.Tensor) and a.dim() > 0}
     buffer = io.BytesIO()
-    torch.onnx.export(model, args, buffer, dynamo=False, input_names=names, dynamic_axes=dynamic_axes,
-                      opset_version=opset or 17, custom_opsets={OV_DOMAIN: 1})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        torch.onnx.export(model, args, buffer, dynamo=False, input_names=names, dynamic_axes=dynamic_axes,
+                          opset_version=opset or 17, custom_opsets={OV_DOMAIN: 1})
+    traced = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    for w in caught:  # anything else is not ours to judge: passed on as it came
+        if w not in traced:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if traced:  # torch's own text is one warning per spot and talks of "the trace"; one line names the risk
+        first = traced[0]
+        logger.warning("TorchScript tracing froze %d Python value(s) of the example inputs into the IR (first: %s:%d, "
+                       "%s); the IR takes the branches those inputs took: check it on other inputs", len(traced),
+                       Path(first.filename).name, first.lineno, str(first.message).split(".")[0])
     return onnx.load_from_string(buffer.getvalue())
 
 
