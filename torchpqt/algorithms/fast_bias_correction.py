@@ -9,7 +9,8 @@ quantized constant weight (or every such op with ``apply_for_all_nodes``) and a 
    a conv, -1 for a MatMul.
 2. ``q[c]``: a one-layer model, the op with its quantized weights ``Q(W)``, no bias and no activation
    FakeQuantize, fed one tensor of the most frequent input shape (batch 1) whose channel ``c`` holds
-   ``m_in[c]``; ``q`` is the per-channel mean of its output.
+   ``m_in[c]``; ``q`` is the per-channel mean of its output (computed in closed form from the taps that read
+   the input, without building the tensor: :func:`~torchpqt.algorithms.layers.constant_input_mean`).
 3. ``b_new = m_out - q``, accepted only if no bias element is exactly 0 and
    ``max |(b_new - b) / b| < threshold`` (default 2.0); otherwise the layer keeps its bias.
 
@@ -63,12 +64,11 @@ from torch import fx
 from torchpqt.algorithms.base import Algorithm
 from torchpqt.algorithms.layers import (
     Layer,
-    channel_mean,
+    constant_input_mean,
     drop_unused_constants,
     float_weight,
     layer_of,
     quantized_weight,
-    run_layer,
     set_layer_tensor,
 )
 from torchpqt.observer import StatisticRequest, batch_shapes
@@ -198,8 +198,9 @@ def fast_bias_correction(layer: Layer, weight_q: torch.Tensor, input_mean, outpu
     if len(shape) < 2:
         raise ValueError(f"{layer.name}: invalid input shape {shape} for bias correction")
     shape[0] = 1
-    x = constant_input(shape, input_mean, layer.channel_axis).to(weight_q.device).double()
-    q = channel_mean(run_layer(layer, x, weight_q.double()), layer.channel_axis)
+    # the constant input of POT's one-layer model holds the float32 means; its output mean in closed form
+    means = torch.as_tensor(np.asarray(input_mean, dtype=np.float32)).to(weight_q.device)
+    q = constant_input_mean(layer, shape, means, weight_q)
     current = bias.double() if bias is not None else torch.zeros(layer.out_channels, dtype=torch.float64,
                                                                    device=q.device)
     has_zero = bool((current == 0).any())
@@ -207,7 +208,7 @@ def fast_bias_correction(layer: Layer, weight_q: torch.Tensor, input_mean, outpu
         if weight is None:
             raise ValueError(f"{layer.name}: a derived output mean, padding_fix and correct_zero_bias need the "
                              "FP32 weight")
-        fp = channel_mean(run_layer(layer, x, weight.double()), layer.channel_axis)
+        fp = constant_input_mean(layer, shape, means, weight)
         new = current + fp - q
     else:
         new = torch.as_tensor(np.asarray(output_mean, dtype=np.float64), device=q.device) - q
