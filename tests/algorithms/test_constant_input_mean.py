@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import fx
 
-from torchpqt.algorithms.fast_bias_correction import constant_input
+from torchpqt.algorithms.fast_bias_correction import constant_input, fast_bias_correction
 from torchpqt.algorithms.layers import Layer, channel_mean, constant_input_mean, run_layer
 
 _NODE = fx.Graph().placeholder("x")
@@ -92,3 +92,18 @@ def test_wrong_channel_count_is_named():
     with pytest.raises(ValueError, match="5 input channel means for a conv reading 3"):
         constant_input_mean(_conv(w, stride=(1, 1), padding=(1, 1), dilation=(1, 1)), [1, 5, 8, 8],
                             torch.randn(5), w)
+
+
+def test_an_input_shape_without_the_batch_axis_is_named():
+    w = torch.randn(4, 3, 3, 3)
+    with pytest.raises(ValueError, match="not \\[batch, channels\\] and 2 spatial"):
+        constant_input_mean(_conv(w, stride=(1, 1), padding=(1, 1), dilation=(1, 1)), [3, 8, 8], torch.randn(3), w)
+
+
+def test_bias_correction_skips_a_layer_it_cannot_model_with_a_reason(caplog):
+    w = torch.randn(4, 3, 3, 3)
+    layer = Layer(_NODE, "Convolution", w, torch.ones(4), stride=(1, 1), padding=(1, 1), dilation=(1, 1))
+    # an unbatched [C, H, W] input: the batch set to one leaves [1, 8, 8], no 2-D conv input
+    update = fast_bias_correction(layer, w, torch.zeros(3).numpy(), torch.zeros(4).numpy(), [3, 8, 8])
+    assert not update.applied and update.new_bias is None and "spatial" in update.reason
+    assert "keeps its bias" in caplog.text

@@ -200,7 +200,11 @@ def fast_bias_correction(layer: Layer, weight_q: torch.Tensor, input_mean, outpu
     shape[0] = 1
     # the constant input of POT's one-layer model holds the float32 means; its output mean in closed form
     means = torch.as_tensor(np.asarray(input_mean, dtype=np.float32)).to(weight_q.device)
-    q = constant_input_mean(layer, shape, means, weight_q)
+    try:
+        q = constant_input_mean(layer, shape, means, weight_q)
+    except ValueError as exc:  # e.g. a conv fed an unbatched [C, H, W] tensor: no one-layer model to build
+        logger.warning("FastBiasCorrection: %s keeps its bias: %s", layer.name, exc)
+        return BiasUpdate(layer.name, bias, None, float("inf"), False, str(exc))
     current = bias.double() if bias is not None else torch.zeros(layer.out_channels, dtype=torch.float64,
                                                                    device=q.device)
     has_zero = bool((current == 0).any())

@@ -268,6 +268,9 @@ def constant_input_mean(layer: Layer, shape: Sequence[int], channel_means: torch
     spatial = [int(s) for s in shape[2:]]
     kernel = list(w.shape[2:])
     dims = len(kernel)
+    if len(spatial) != dims:
+        raise ValueError(f"{layer.name}: input shape {list(shape)} is not [batch, channels] and {dims} spatial "
+                         f"size(s) for a {dims}-D conv")
     stride, dilation = _per_axis(layer.stride, dims), _per_axis(layer.dilation, dims)
     pads = _pads(layer.padding, kernel, dilation)
     scale = torch.ones((), dtype=torch.float64, device=w.device)
