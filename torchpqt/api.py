@@ -47,7 +47,7 @@ def plan(model: torch.nn.Module, example_inputs, config=None, target_device: str
     """Show where ``prepare`` would put FakeQuantize, with POT-style names, and the scope names that
     ``ignored.scope`` accepts."""
     with call_scope():
-        return make_plan(model, example_inputs, _config(config, target_device))[1]
+        return make_plan(model, example_inputs, _config(config, target_device), share_tensors=True)[1]
 
 
 def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: str | None = None
@@ -68,17 +68,25 @@ def prepare(model: torch.nn.Module, example_inputs, config=None, target_device: 
         needs in all (``.passes``) and whether :func:`convert` needs the data again (``.data_needs()``).
     """
     with call_scope():
-        gm, _, schedule, _ = _planned(model, example_inputs, _config(config, target_device))
-        instrument(gm, schedule.stages[0].requests, passive=schedule.stages[0].passive)
-        gm.graph.lint()
-        gm.recompile()
-        return gm
+        return _prepare(model, example_inputs, _config(config, target_device))
 
 
-def _planned(model: torch.nn.Module, example_inputs, cfg: DefaultQuantizationConfig):
+def _prepare(model: torch.nn.Module, example_inputs, cfg: DefaultQuantizationConfig, *, share_tensors: bool = False
+             ) -> fx.GraphModule:
+    """:func:`prepare`; ``share_tensors`` for quantize(), which converts before the user's model can change (the
+    prepared graph then holds the model's own weights, not a copy: see :func:`~torchpqt.graph.capture.capture`).
+    A prepared model handed to the user keeps copies: the user may train the model before calling convert()."""
+    gm, _, schedule, _ = _planned(model, example_inputs, cfg, share_tensors=share_tensors)
+    instrument(gm, schedule.stages[0].requests, passive=schedule.stages[0].passive)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _planned(model: torch.nn.Module, example_inputs, cfg: DefaultQuantizationConfig, *, share_tensors: bool = False):
     """The captured graph with its plan, schedule, config and the model's hash as attributes, not yet
     instrumented."""
-    gm, qplan = make_plan(model, example_inputs, cfg)
+    gm, qplan = make_plan(model, example_inputs, cfg, share_tensors=share_tensors)
     schedule = pipeline.build_schedule(qplan, cfg)
     advise_saturation(qplan, cfg)
     gm.torchpqt_plan = qplan
@@ -274,11 +282,11 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable, config=None, *,
         if example_inputs is None:
             example_inputs = ModelInputs(*first)
         if statistics_cache is None:
-            prepared = prepare(model, example_inputs, cfg)
+            prepared = _prepare(model, example_inputs, cfg, share_tensors=True)
             calibrate(prepared, itertools.chain([first], batches), total=data.total(), progress=progress,
                       desc=prepared.torchpqt_schedule.label(0))
             return _convert(prepared, data, progress=progress, fingerprint=fingerprint)
-        prepared, qplan, schedule, cfg = _planned(model, example_inputs, cfg)
+        prepared, qplan, schedule, cfg = _planned(model, example_inputs, cfg, share_tensors=True)
         cache = StatisticsCache.open(statistics_cache, prepared.torchpqt_model_hash, fingerprint.digest)
         store = pipeline.observe(prepared, schedule.stages[0].requests, data, cache=cache, progress=progress,
                                  desc=schedule.label(0), passive=schedule.stages[0].passive)
@@ -302,7 +310,7 @@ def _quantize_sharded(model, calibration_data, cfg, example_inputs, transform_fn
     _dist.check_shards(_dist.gather_flags(first is not None))
     if example_inputs is None:
         example_inputs = ModelInputs(*first)
-    prepared = _dist.agree(lambda: prepare(model, example_inputs, cfg), "prepare()")
+    prepared = _dist.agree(lambda: _prepare(model, example_inputs, cfg, share_tensors=True), "prepare()")
     data = _dist.DistributedCalibrationData(calibration_data, cfg, transform_fn)
     _dist.calibrate_pass(prepared, data, progress=progress, desc=prepared.torchpqt_schedule.label(0))
     return _convert(prepared, data, statistics=None, transform_fn=None, progress=progress, sharded=True,

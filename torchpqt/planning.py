@@ -19,10 +19,11 @@ from torchpqt.plan import QuantizationPlan
 __all__ = ["make_plan"]
 
 
-def make_plan(model: torch.nn.Module, example_inputs, cfg: DefaultQuantizationConfig
+def make_plan(model: torch.nn.Module, example_inputs, cfg: DefaultQuantizationConfig, *, share_tensors: bool = False
               ) -> tuple[fx.GraphModule, QuantizationPlan]:
-    """The captured graph and its plan; the plan's points refer to that graph's nodes."""
-    gm = capture(model, example_inputs)
+    """The captured graph and its plan; the plan's points refer to that graph's nodes (``share_tensors``: see
+    :func:`~torchpqt.graph.capture.capture`)."""
+    gm = capture(model, example_inputs, share_tensors=share_tensors)
     hw = load_hardware_config(cfg.target_device)
     view = GraphView(gm, frozenset(hw.ops))
     placement = place(view, hw, cfg)

@@ -98,6 +98,28 @@ def test_two_runs_give_bitwise_identical_parameters_and_user_model_is_untouched(
         assert torch.equal(v, before[k])
 
 
+def _storages(module: nn.Module) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()] if t.numel()}
+
+
+def test_quantize_shares_no_tensor_with_the_user_model_and_prepare_copies():
+    """quantize() captures the model's own tensors (no copy of the weights until convert copies the graph); the
+    result owns its tensors, so training the user's model afterwards leaves it as it was. A prepared model handed
+    to the user holds copies (the user may change the model before convert)."""
+    model, data = _tiny_cnn()
+    user = _storages(model)
+    q = torchpqt.quantize(model, data, {"preset": "performance"}, progress=False)
+    assert not _storages(q) & user
+    x = torch.randn(2, 3, 8, 8)
+    out = q(x)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert torch.equal(q(x), out)
+    prepared = torchpqt.prepare(model, data[0], {"preset": "performance"})
+    assert not _storages(prepared) & user
+
+
 def test_prepare_calibrate_convert_equals_quantize():
     model, data = _tiny_cnn()
     prepared = torchpqt.prepare(model, data[0], {"preset": "performance"})

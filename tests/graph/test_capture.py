@@ -51,6 +51,19 @@ def test_capture_keeps_the_user_model_untouched_and_batch_dynamic():
     assert gm(torch.randn(5, 3, 8, 8)).shape == (5, 4)
 
 
+def test_share_tensors_captures_the_models_own_weights_and_leaves_it_in_train_mode():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Dropout(0.5)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 8, 8)
+    gm = capture(model, x, share_tensors=True)
+    user = {t.untyped_storage().data_ptr() for t in model.parameters()}
+    assert user <= {t.untyped_storage().data_ptr() for t in gm.parameters()}  # no copy of the weights
+    assert all(m.training for m in model.modules()), "the copy's modules took eval mode, not the user's"
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    torch.testing.assert_close(gm(x), model.eval()(x))  # captured in eval mode: dropout off
+    assert not {t.untyped_storage().data_ptr() for t in capture(model, x).parameters()} & user  # default: copies
+
+
 def test_attention_is_spelled_out_as_matmul_softmax_matmul():
     class Attn(nn.Module):
         def forward(self, q, k, v):

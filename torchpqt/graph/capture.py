@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import logging
 import traceback
 import warnings
@@ -147,12 +148,17 @@ def _shapes(args: tuple, kwargs: dict) -> str:
     return ", ".join([*(one(a) for a in args), *(f"{k}={one(v)}" for k, v in kwargs.items())]) or "none"
 
 
-def capture(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
+def capture(model: torch.nn.Module, example_inputs, *, share_tensors: bool = False) -> fx.GraphModule:
     """Capture ``model`` into a GraphModule, leaving ``model`` untouched.
 
     Args:
         model: the user's model. It is deep-copied and put in eval mode; the copy is captured.
         example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
+        share_tensors: the copy keeps ``model``'s own parameter and buffer tensors instead of copies of them
+            (its modules are still copies: eval mode and export touch only those). For a caller that only reads
+            the captured graph's tensors while ``model`` cannot change, as inside :func:`torchpqt.quantize`
+            (whose convert() copies the graph before any step writes): one copy of the weights less. torchpqt
+            never writes a captured graph's tensors in place; new values are new tensors.
 
     Returns:
         A GraphModule taking the same inputs as ``model`` (dynamic batch), with BatchNorm folded and
@@ -160,7 +166,8 @@ def capture(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
     """
     args, kwargs = split_inputs(example_inputs)
     _check_signature(model, args, kwargs)
-    model = copy.deepcopy(model).eval()
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())} if share_tensors else {}
+    model = copy.deepcopy(model, shared).eval()
     gm = _export(model, args, kwargs).module()
     # torch.export's module-stack tracer class cannot be rebuilt on torch.load(): pickle with fx's default
     gm._tracer_cls, gm._tracer_extras = None, {}
