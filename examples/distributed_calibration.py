@@ -52,4 +52,5 @@ if rank == 0:
     print(f"{world} ranks, {len(shard)} of {len(photos)} photos here: {len(ref) // 4} FakeQuantize, "
           f"identical to one process on all photos: {same}")
     print(f"quantize(): {sharded_s:.1f} s on {world} ranks, {alone_s:.1f} s in one process")
+dist.barrier()  # every rank done with the group before any tears it down
 dist.destroy_process_group()

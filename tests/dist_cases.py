@@ -108,6 +108,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str, names: list[str]
                 message = f"{type(exc).__name__}: {exc}"
             with open(os.path.join(out_dir, f"{kind}.{rank}.txt"), "w") as f:
                 f.write(message)
+        torch.distributed.barrier()  # both ranks done with the group before either tears it down
     except Exception:
         with open(os.path.join(out_dir, f"crash.{rank}.txt"), "w") as f:
             f.write(traceback.format_exc())
