@@ -237,9 +237,11 @@ def _export_torchscript(model, args, kwargs, opset, dynamic_batch) -> onnx.Model
         warnings.simplefilter("always", torch.jit.TracerWarning)
         torch.onnx.export(model, args, buffer, dynamo=False, input_names=names, dynamic_axes=dynamic_axes,
                           opset_version=opset or 17, custom_opsets={OV_DOMAIN: 1})
-    traced = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
-    for w in caught:  # anything else is not ours to judge: passed on as it came
-        if w not in traced:
+    traced = []
+    for w in caught:
+        if issubclass(w.category, torch.jit.TracerWarning):
+            traced.append(w)
+        else:  # anything else is not ours to judge: passed on as it came
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if traced:  # torch's own text is one warning per spot and talks of "the trace"; one line names the risk
         first = traced[0]

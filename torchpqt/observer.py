@@ -41,7 +41,8 @@ class Observer(torch.nn.Module):
         #: False: another observer of the same tensor updates the shared ``stats`` (see :func:`instrument`)
         self.computes = computes
         self._ndim: int | None = None
-        self._shapes: list[tuple[int, ...]] | None = [] if record_shapes else None
+        # a sourced observer is not called: its shapes are its source's (see ``shapes``)
+        self._shapes: list[tuple[int, ...]] | None = [] if record_shapes and source is None else None
         self._wants_shapes = record_shapes
         self.__dict__["_source"] = source  # a plain reference, not a submodule
         if source is not None and record_shapes and source._shapes is None:

@@ -271,7 +271,7 @@ def constant_input_mean(layer: Layer, shape: Sequence[int], channel_means: torch
     if len(spatial) != dims:
         raise ValueError(f"{layer.name}: input shape {list(shape)} is not [batch, channels] and {dims} spatial "
                          f"size(s) for a {dims}-D conv")
-    stride, dilation = _per_axis(layer.stride, dims), _per_axis(layer.dilation, dims)
+    stride, dilation = _as_tuple(layer.stride, dims), _as_tuple(layer.dilation, dims)
     pads = _pads(layer.padding, kernel, dilation)
     scale = torch.ones((), dtype=torch.float64, device=w.device)
     positions = 1
@@ -290,19 +290,14 @@ def constant_input_mean(layer: Layer, shape: Sequence[int], channel_means: torch
     return total.reshape(-1) / positions
 
 
-def _per_axis(value, dims: int) -> list[int]:
-    values = [int(v) for v in (value if isinstance(value, (tuple, list)) else [value])]
-    return values * dims if len(values) == 1 else values
-
-
-def _pads(padding, kernel: list[int], dilation: list[int]) -> list[tuple[int, int]]:
+def _pads(padding, kernel: list[int], dilation: tuple[int, ...]) -> list[tuple[int, int]]:
     """(left, right) zero padding per spatial axis; ``"same"`` pads ``d (k - 1)`` in all, the extra one on the
     right (torch's convention), ``"valid"`` none."""
     if padding == "valid":
         return [(0, 0)] * len(kernel)
     if padding == "same":
         return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)]
-    return [(p, p) for p in _per_axis(padding, len(kernel))]
+    return [(p, p) for p in _as_tuple(padding, len(kernel))]
 
 
 def channel_mean(y: torch.Tensor, axis: int) -> torch.Tensor:
